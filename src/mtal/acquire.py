@@ -1,0 +1,74 @@
+"""One-off acquisition (``mtal acquire``): a selection from saved weights and a pool
+state, exported as a CSV a labelling team can work from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mtal.loop import (
+    LoopSettings,
+    apply_selection,
+    budget_in_labels,
+    derive_seed,
+    load_weights,
+    write_selection_csv,
+)
+
+
+def acquire_once(
+    module: Any,
+    datamodule: Any,
+    *,
+    weights: Path,
+    pool: Path,
+    budget: float,
+    budget_unit: str,
+    strategy: str,
+    strategy_kwargs: dict[str, Any],
+    out: Path,
+    pool_out: Path | None = None,
+    cycle: int | None = None,
+    seed: int = 0,
+    clamp_budget: bool = False,
+) -> Path:
+    """Score the pool with ``strategy`` and write the request CSV to ``out``.
+
+    The pool file is never modified in place; with ``pool_out`` the pool including the
+    requested labels (marked as bought in ``cycle``) is written there atomically.
+    """
+    from mtal.acquisition import create_strategy
+    from mtal.acquisition.base import AcquisitionContext
+    from mtal.data.pool import LabelPool
+
+    label_pool = LabelPool.load(pool)
+    datamodule.attach_pool(label_pool)
+    module.load_state_dict(load_weights(weights))
+    if cycle is None:
+        cycle = int(label_pool.cycle.max()) + 1
+    settings = LoopSettings(budget=budget, budget_unit=budget_unit)  # type: ignore[arg-type]
+    labels = budget_in_labels(settings, len(label_pool.image_ids), len(label_pool.tasks))
+    chooser = create_strategy(strategy, clamp_budget=clamp_budget, **strategy_kwargs)
+    net = getattr(module, "net", module)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    net.to(device)
+    ctx = AcquisitionContext(
+        model=net,
+        tasks=dict(module.tasks),
+        pool=label_pool,
+        datamodule=datamodule,
+        device=device,
+        cycle=cycle,
+        seed=derive_seed(seed, "select", cycle),
+        state={},
+    )
+    selection = chooser.select(ctx, labels)
+    write_selection_csv(out, selection, label_pool, datamodule.train_dataset, cycle)
+    if pool_out is not None:
+        updated = label_pool.copy()
+        apply_selection(updated, selection, cycle)
+        updated.save(pool_out)
+    print(f"[mtal] wrote {len(selection.images)} images / {len(selection.pairs)} labels to {out}")
+    return out

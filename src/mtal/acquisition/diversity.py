@@ -1,0 +1,229 @@
+"""Diversity models of the MTAL strategy: a feature auto-encoder and a code discriminator.
+
+The auto-encoder compresses the concatenated, pooled task-head features to a code
+(512-d by default) by MSE reconstruction; the discriminator (VAAL-style) tells labelled
+from unlabelled codes. Both are small, trained from scratch at every selection, seeded,
+and never touch the global RNG.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def pooled_task_features(
+    task_features: Mapping[str, torch.Tensor], names: Sequence[str], grid: int
+) -> torch.Tensor:
+    """Adaptive-average-pool every task feature map ``F_t`` (B×C_t×h×w) to ``grid×grid``,
+    concatenate them in ``names`` order along channels and flatten → ``[B, ΣC_t·grid²]``."""
+    missing = [n for n in names if n not in task_features]
+    if missing:
+        raise ValueError(
+            f"the model returned no task_features for {missing}; the mtal strategy needs "
+            "MultiTaskOutput.task_features for every task"
+        )
+    parts = [F.adaptive_avg_pool2d(task_features[n].float(), grid) for n in names]
+    return torch.cat(parts, dim=1).flatten(1)
+
+
+def standardise(features: torch.Tensor) -> torch.Tensor:
+    """Per-channel zero mean / unit std over samples and grid cells of ``[N, C, g, g]``
+    features (channels of different heads have different scales)."""
+    mean = features.mean(dim=(0, 2, 3), keepdim=True)
+    std = features.std(dim=(0, 2, 3), keepdim=True, unbiased=False)
+    return (features - mean) / std.clamp_min(1e-6)
+
+
+class FeatureAutoEncoder(nn.Module):
+    """Conv encoder ``C×g×g → code_dim`` and its mirror decoder (no striding, any grid)."""
+
+    def __init__(self, in_channels: int, grid: int, code_dim: int = 512, hidden: int = 64) -> None:
+        super().__init__()
+        self.in_channels, self.grid, self.hidden = in_channels, grid, hidden
+        flat = hidden * grid * grid
+        self.encoder = nn.Sequential(
+            nn.Conv2d(in_channels, hidden, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, hidden, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Flatten(),
+            nn.Linear(flat, code_dim),
+        )
+        self.decoder_fc = nn.Sequential(nn.Linear(code_dim, flat), nn.ReLU(inplace=True))
+        self.decoder_conv = nn.Sequential(
+            nn.Conv2d(hidden, hidden, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, in_channels, 3, padding=1),
+        )
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C, g, g]`` features → ``[B, code_dim]`` codes."""
+        return self.encoder(x)
+
+    def decode(self, code: torch.Tensor) -> torch.Tensor:
+        """``[B, code_dim]`` codes → ``[B, C, g, g]`` reconstructions."""
+        h = self.decoder_fc(code).view(-1, self.hidden, self.grid, self.grid)
+        return self.decoder_conv(h)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        code = self.encode(x)
+        return self.decode(code), code
+
+
+class CodeDiscriminator(nn.Module):
+    """MLP ``code → logit`` of P(labelled | code)."""
+
+    def __init__(self, code_dim: int = 512, hidden: int = 256) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(code_dim, hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, 1),
+        )
+
+    def forward(self, code: torch.Tensor) -> torch.Tensor:
+        return self.net(code).squeeze(-1)
+
+
+@dataclass
+class DiversityConfig:
+    """Sizes and optimisation of the diversity models."""
+
+    code_dim: int = 512
+    hidden: int = 64
+    epochs: int = 20
+    disc_epochs: int = 20
+    batch_size: int = 64
+    lr: float = 1e-3
+    adv_weight: float = 1.0
+
+
+def _batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
+    return list(torch.randperm(n, generator=gen).split(batch_size))
+
+
+def _labelled_bce(logits: torch.Tensor, is_labelled: torch.Tensor, pos_weight: float) -> torch.Tensor:
+    """BCE with labelled samples up-weighted so both classes weigh the same overall."""
+    weight = torch.where(is_labelled > 0.5, pos_weight, 1.0)
+    return F.binary_cross_entropy_with_logits(logits, is_labelled, weight=weight)
+
+
+def _pos_weight(is_labelled: torch.Tensor) -> float:
+    n_pos = float(is_labelled.sum())
+    return (len(is_labelled) - n_pos) / max(n_pos, 1.0)
+
+
+def train_autoencoder(
+    features: torch.Tensor,
+    cfg: DiversityConfig,
+    seed: int,
+    device: torch.device | str = "cpu",
+    is_labelled: torch.Tensor | None = None,
+) -> tuple[FeatureAutoEncoder, CodeDiscriminator | None, list[float]]:
+    """Train an auto-encoder on ``[N, C, g, g]`` features by MSE for ``cfg.epochs``.
+
+    With ``is_labelled`` (``[N]`` 0/1) it is trained jointly with a discriminator, VAAL
+    style: D learns labelled vs unlabelled codes, the encoder adds ``adv_weight ·
+    BCE(D(code), labelled)`` for every sample (it tries to make all codes look labelled).
+    Returns (auto-encoder, discriminator or None, mean loss per epoch), in eval mode.
+    """
+    n, c, g, _ = features.shape
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        ae = FeatureAutoEncoder(c, g, cfg.code_dim, cfg.hidden)
+        disc = CodeDiscriminator(cfg.code_dim) if is_labelled is not None else None
+    gen = torch.Generator().manual_seed(seed)
+    ae.to(device).train()
+    opt = torch.optim.Adam(ae.parameters(), lr=cfg.lr)
+    if disc is not None:
+        assert is_labelled is not None
+        disc.to(device).train()
+        opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr)
+        target = is_labelled.float()
+        pos_weight = _pos_weight(target)
+    history: list[float] = []
+    with torch.enable_grad():
+        for _ in range(cfg.epochs):
+            total = 0.0
+            for idx in _batches(n, cfg.batch_size, gen):
+                x = features[idx].to(device)
+                recon, code = ae(x)
+                loss = F.mse_loss(recon, x)
+                if disc is not None:
+                    fool = torch.ones(len(idx), device=device)
+                    loss = loss + cfg.adv_weight * F.binary_cross_entropy_with_logits(
+                        disc(code), fool
+                    )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if disc is not None:
+                    y = target[idx].to(device)
+                    d_loss = _labelled_bce(disc(code.detach()), y, pos_weight)
+                    opt_d.zero_grad(set_to_none=True)
+                    d_loss.backward()
+                    opt_d.step()
+                total += float(loss.detach()) * len(idx)
+            history.append(total / n)
+    ae.eval()
+    if disc is not None:
+        disc.eval()
+    return ae, disc, history
+
+
+def train_discriminator(
+    codes: torch.Tensor,
+    is_labelled: torch.Tensor,
+    cfg: DiversityConfig,
+    seed: int,
+    device: torch.device | str = "cpu",
+) -> tuple[CodeDiscriminator, list[float]]:
+    """Train a discriminator on fixed ``[N, code_dim]`` codes to tell labelled (1) from
+    unlabelled (0), class-balanced BCE, ``cfg.disc_epochs`` epochs."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        disc = CodeDiscriminator(codes.shape[1])
+    gen = torch.Generator().manual_seed(seed)
+    disc.to(device).train()
+    opt = torch.optim.Adam(disc.parameters(), lr=cfg.lr)
+    target = is_labelled.float()
+    pos_weight = _pos_weight(target)
+    history: list[float] = []
+    with torch.enable_grad():
+        for _ in range(cfg.disc_epochs):
+            total = 0.0
+            for idx in _batches(len(codes), cfg.batch_size, gen):
+                loss = _labelled_bce(
+                    disc(codes[idx].to(device)), target[idx].to(device), pos_weight
+                )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(idx)
+            history.append(total / len(codes))
+    disc.eval()
+    return disc, history
+
+
+@torch.no_grad()
+def encode_all(
+    ae: FeatureAutoEncoder, features: torch.Tensor, batch_size: int, device: torch.device | str
+) -> torch.Tensor:
+    """Codes ``[N, code_dim]`` (CPU) of ``[N, C, g, g]`` features, in batches."""
+    out = [ae.encode(chunk.to(device)).cpu() for chunk in features.split(batch_size)]
+    return torch.cat(out) if out else torch.zeros(0, ae.encoder[-1].out_features)
+
+
+@torch.no_grad()
+def labelled_probability(
+    disc: CodeDiscriminator, codes: torch.Tensor, batch_size: int, device: torch.device | str
+) -> torch.Tensor:
+    """``D(x) = σ(logit)`` = P(labelled) of each code, ``[N]`` on CPU."""
+    return torch.cat([torch.sigmoid(disc(c.to(device))).cpu() for c in codes.split(batch_size)])

@@ -1,0 +1,105 @@
+"""PartAL (Durasov et al.): partial multi-task active learning over image/task pairs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from mtal.acquisition import STRATEGIES
+from mtal.acquisition.base import AcquisitionContext, Selection, Strategy
+from mtal.acquisition.scoring import forward, stream_summaries
+
+
+def _repeat(x: torch.Tensor, s: int) -> torch.Tensor:
+    return x.repeat(s, *([1] * (x.dim() - 1)))
+
+
+@STRATEGIES.register("partal")
+class PartAL(Strategy):
+    """Buy the ``budget`` unlabelled (image, task) pairs of highest normalised uncertainty
+    ``ũ_k(x) = (u_k(x) − m_k) / (M_k − m_k)``.
+
+    ``u_k = Task.mc_uncertainty`` over ``mc_samples`` MC-dropout samples (mean pixel
+    entropy for classification, Gaussian entropy of the MC variance for regression),
+    computed in ONE forward of the batch replicated S times. Labels an image already
+    carries are substituted for the initial predictions (``forward(gt=, gt_mask=)``).
+    ``m_k``/``M_k`` are the min/max of ``u_k`` over the unlabelled pairs of task k at the
+    first cycle the strategy runs, frozen in ``ctx.state["partal"]`` (so later values may
+    leave [0, 1]); a constant task (``M_k = m_k``) divides by 1.
+    """
+
+    name = "partal"
+    granularity = "pair"
+
+    def __init__(self, mc_samples: int = 8, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if int(mc_samples) < 2:
+            raise ValueError(f"partal: mc_samples must be >= 2 for MC-dropout, got {mc_samples}")
+        self.mc_samples = int(mc_samples)
+
+    def uncertainties(self, ctx: AcquisitionContext, images: np.ndarray) -> np.ndarray:
+        """Raw per-task MC uncertainty ``u_k`` of ``images`` → n×K (float64)."""
+        names = list(ctx.tasks)
+        s = self.mc_samples
+
+        def summarise(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+            image = batch["image"]
+            b = image.shape[0]
+            gt = {t: _repeat(v, s) for t, v in batch["targets"].items()}
+            out = forward(
+                ctx,
+                {"image": _repeat(image, s)},
+                gt=gt,
+                gt_mask=_repeat(batch["labelled"], s),
+                mc_dropout=True,
+            )
+            cols = []
+            for name in names:
+                raw = out.final[name]
+                cols.append(ctx.tasks[name].mc_uncertainty(raw.reshape(s, b, *raw.shape[1:])))
+            return {"u": torch.stack(cols, dim=1)}
+
+        got = stream_summaries(ctx, images, summarise, with_labels=True)
+        return got["u"].numpy().astype(np.float64)
+
+    def normaliser(
+        self, ctx: AcquisitionContext, u: np.ndarray, unlabelled: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(min, max) per task: frozen in ``ctx.state`` at the first cycle, reused after."""
+        names = list(ctx.tasks)
+        state = ctx.state.get(self.name)
+        if state is None:
+            lo = np.zeros(len(names))
+            hi = np.zeros(len(names))
+            for k in range(len(names)):
+                col = u[unlabelled[:, k], k]
+                if col.size:
+                    lo[k], hi[k] = col.min(), col.max()
+            state = {"tasks": names, "min": lo.tolist(), "max": hi.tolist(), "cycle": ctx.cycle}
+            ctx.state[self.name] = state
+        elif list(state["tasks"]) != names:
+            raise ValueError(
+                f"partal: ctx.state['{self.name}'] was frozen for tasks {state['tasks']}, but "
+                f"this run has tasks {names}; use a fresh state for a different task set"
+            )
+        return np.asarray(state["min"], np.float64), np.asarray(state["max"], np.float64)
+
+    def acquire(self, ctx: AcquisitionContext, count: int, rng: np.random.Generator) -> Selection:
+        images = np.asarray(ctx.pool.partially_unlabelled_images(), dtype=np.int64)
+        u = self.uncertainties(ctx, images)
+        unlabelled = ~np.asarray(ctx.pool.labelled, dtype=bool)[images]
+        lo, hi = self.normaliser(ctx, u, unlabelled)
+        span = np.where(hi > lo, hi - lo, 1.0)
+        norm = (u - lo) / span
+        rows, cols = np.nonzero(unlabelled)
+        candidates = np.stack([images[rows], cols], axis=1).astype(np.int64)
+        return self.pair_selection(
+            ctx,
+            candidates,
+            norm[rows, cols],
+            count,
+            rng,
+            diagnostics={"norm_min": lo.tolist(), "norm_max": hi.tolist()},
+        )

@@ -1,0 +1,202 @@
+"""Declarative experiment grids: ``mtal experiment experiments/<name>.yaml``.
+
+A grid file names a base config and the axes to sweep::
+
+    name: wacv24-nyud              # runs/<name>/...
+    config: configs/nyud/padnet.yaml
+    strategies: [mtal, random, coreset]
+    seeds: [0, 1, 2]
+    variants:                      # optional; each adds its own overrides (table rows)
+      dwa: {model.weighting: dwa}
+    overrides: {trainer.max_epochs: 20}
+    smoke:                         # applied on top with --smoke / SMOKE=1
+      config: configs/synthetic/smoke.yaml
+      seeds: [0]
+      overrides: {loop.cycles: 2}
+
+Every run is ``mtal loop`` with ``--loop.experiment <name>[/<variant>]``,
+``--loop.strategy`` and ``--loop.seed``; finished runs (their last cycle is in
+``metrics.csv``) are skipped, so rerunning a grid resumes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+GRID_KEYS = {"name", "config", "strategies", "seeds", "variants", "overrides", "smoke", "description"}
+SMOKE_KEYS = {"config", "strategies", "seeds", "variants", "overrides"}
+
+
+class GridError(ValueError):
+    """A grid file is malformed; the message names the file and the field."""
+
+
+@dataclass
+class Run:
+    """One cell of a grid: the exact ``mtal loop`` arguments and its run folder."""
+
+    experiment: str
+    strategy: str
+    seed: int
+    args: list[str]
+    runs_dir: str = "runs"
+    cycles: int | None = None
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.runs_dir) / self.experiment / self.strategy / f"seed{self.seed}"
+
+    def finished(self) -> bool:
+        """True when ``metrics.csv`` holds the last cycle's row."""
+        table = self.folder / "metrics.csv"
+        if not table.exists() or self.cycles is None:
+            return False
+        import csv
+
+        with table.open(newline="") as handle:
+            cycles = [int(r["cycle"]) for r in csv.DictReader(handle)]
+        return bool(cycles) and max(cycles) >= self.cycles - 1
+
+
+@dataclass
+class Grid:
+    name: str
+    config: str
+    strategies: list[str]
+    seeds: list[int]
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+def load_grid(path: str | Path, *, smoke: bool = False) -> Grid:
+    """Read and validate a grid file; ``smoke`` applies its ``smoke:`` section."""
+    path = Path(path)
+    if not path.exists():
+        raise GridError(f"grid file {path} does not exist; grids live in experiments/*.yaml")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise GridError(f"{path}: expected a mapping at the top level")
+    unknown = set(raw) - GRID_KEYS
+    if unknown:
+        raise GridError(f"{path}: unknown key(s) {sorted(unknown)}; known keys: {sorted(GRID_KEYS)}")
+    for key in ("name", "config", "strategies", "seeds"):
+        if key not in raw:
+            raise GridError(f"{path}: missing required key {key!r}")
+    smoke_section = raw.get("smoke") or {}
+    bad = set(smoke_section) - SMOKE_KEYS
+    if bad:
+        raise GridError(f"{path}: unknown key(s) {sorted(bad)} in smoke; known: {sorted(SMOKE_KEYS)}")
+    data = dict(raw)
+    if smoke:
+        for key in ("config", "strategies", "seeds", "variants"):
+            if key in smoke_section:
+                data[key] = smoke_section[key]
+        data["overrides"] = {**(raw.get("overrides") or {}), **(smoke_section.get("overrides") or {})}
+    grid = Grid(
+        name=str(data["name"]),
+        config=str(data["config"]),
+        strategies=[str(s) for s in data["strategies"]],
+        seeds=[int(s) for s in data["seeds"]],
+        variants={str(k): dict(v or {}) for k, v in (data.get("variants") or {}).items()},
+        overrides=dict(data.get("overrides") or {}),
+        description=str(data.get("description", "")),
+    )
+    if not grid.strategies or not grid.seeds:
+        raise GridError(f"{path}: strategies and seeds must be non-empty lists")
+    return grid
+
+
+def _flag(key: str, value: Any) -> list[str]:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return [f"--{key}", text]
+
+
+def expand(grid: Grid, *, runs_dir: str = "runs") -> list[Run]:
+    """All runs of a grid in a stable order: variant × strategy × seed."""
+    from mtal.loop import LoopSettings
+
+    runs: list[Run] = []
+    variants = grid.variants or {"": {}}
+    for variant, extra in variants.items():
+        experiment = f"{grid.name}/{variant}" if variant else grid.name
+        overrides = {**grid.overrides, **extra}
+        cycles = int(overrides.get("loop.cycles", _config_value(grid.config, "loop.cycles", LoopSettings().cycles)))
+        for strategy in grid.strategies:
+            for seed in grid.seeds:
+                args = ["loop", "--config", grid.config]
+                for key, value in overrides.items():
+                    args += _flag(key, value)
+                args += _flag("loop.experiment", experiment)
+                args += _flag("loop.strategy", strategy)
+                args += _flag("loop.seed", seed)
+                args += _flag("loop.runs_dir", runs_dir)
+                args += _flag("seed_everything", seed)
+                args += _flag("data.pool_seed", seed)
+                runs.append(Run(experiment, strategy, seed, args, runs_dir, cycles))
+    return runs
+
+
+def _config_value(config: str, dotted: str, default: Any) -> Any:
+    node: Any = yaml.safe_load(Path(config).read_text()) if Path(config).exists() else {}
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def run_grid(
+    grid: Grid, *, runs_dir: str = "runs", subprocesses: bool = False, dry_run: bool = False
+) -> list[Run]:
+    """Run every unfinished cell of ``grid``; returns the runs that were executed."""
+    from mtal.cli import run_cli
+
+    executed = []
+    runs = expand(grid, runs_dir=runs_dir)
+    for number, run in enumerate(runs, 1):
+        label = f"[{number}/{len(runs)}] {run.experiment} {run.strategy} seed{run.seed}"
+        if run.finished():
+            print(f"{label}: finished, skipped", flush=True)
+            continue
+        print(f"{label}: mtal {' '.join(run.args)}", flush=True)
+        if dry_run:
+            executed.append(run)
+            continue
+        if subprocesses:
+            subprocess.run([sys.executable, "-m", "mtal.cli", *run.args], check=True, env=os.environ.copy())
+        else:
+            run_cli(run.args)
+        executed.append(run)
+    return executed
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``mtal experiment GRID.yaml [--smoke] [--runs-dir runs] [--subprocess] [--dry-run]``."""
+    parser = argparse.ArgumentParser(prog="mtal experiment", description=__doc__.splitlines()[0])
+    parser.add_argument("grid", help="experiments/<name>.yaml")
+    parser.add_argument("--smoke", action="store_true", default=os.environ.get("SMOKE") == "1",
+                        help="apply the grid's smoke section (tiny data, minutes on CPU)")
+    parser.add_argument("--runs-dir", default="runs")
+    parser.add_argument("--subprocess", action="store_true", help="one process per run")
+    parser.add_argument("--dry-run", action="store_true", help="print the runs only")
+    parser.add_argument("--report", action="store_true", help="write the report afterwards")
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    grid = load_grid(args.grid, smoke=args.smoke)
+    run_grid(grid, runs_dir=args.runs_dir, subprocesses=args.subprocess, dry_run=args.dry_run)
+    if args.report and not args.dry_run:
+        from mtal.report import main as report_main
+
+        for experiment in sorted({r.experiment for r in expand(grid, runs_dir=args.runs_dir)}):
+            report_main([str(Path(args.runs_dir) / experiment)])
+    return 0

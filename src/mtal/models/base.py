@@ -1,0 +1,61 @@
+"""Shared plumbing of the multi-task networks: encoder, task order, LL4AL, upsampling."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mtal.models.backbones import Encoder, EncoderOutput
+from mtal.models.ll4al import LossPredictionModule
+
+if TYPE_CHECKING:
+    from mtal.tasks.base import Task
+
+
+class MultiTaskNet(nn.Module):
+    """Base of every model: a fused :class:`Encoder`, the ordered tasks and an optional
+    LL4AL loss-prediction module on the backbone's multi-scale features."""
+
+    def __init__(
+        self,
+        tasks: Mapping[str, Task],
+        backbone: str = "resnet18",
+        pretrained: bool = False,
+        loss_prediction: bool = False,
+        encoder_channels: int = 128,
+        backbone_kwargs: Mapping[str, Any] | None = None,
+        loss_pred_hidden: int = 128,
+    ) -> None:
+        super().__init__()
+        if not tasks:
+            raise ValueError("a multi-task model needs at least one task; `tasks` is empty")
+        self.tasks: dict[str, Task] = dict(tasks)
+        self.task_names: list[str] = list(tasks)
+        self.encoder = Encoder(backbone, pretrained, encoder_channels, backbone_kwargs)
+        self.loss_pred_module = (
+            LossPredictionModule(self.encoder.level_channels, len(self.tasks), loss_pred_hidden)
+            if loss_prediction
+            else None
+        )
+        #: stop LL4AL gradients into the backbone (Yoo & Kweon do so late in training)
+        self.loss_pred_detach = False
+
+    @staticmethod
+    def upsample(x: Tensor, size: tuple[int, int] | Any) -> Tensor:
+        """Bilinear resize of a raw output to the input resolution."""
+        if tuple(x.shape[-2:]) == tuple(size):
+            return x
+        return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+    def predict_losses(self, enc: EncoderOutput) -> Tensor | None:
+        """LL4AL predicted per-task losses (B×K) or None when not built."""
+        if self.loss_pred_module is None:
+            return None
+        return self.loss_pred_module(enc.levels, detach=self.loss_pred_detach)
+
+    def _check_image(self, image: Tensor) -> None:
+        if image.ndim != 4 or image.shape[1] != 3:
+            raise ValueError(f"model input must be B×3×H×W, got shape {tuple(image.shape)}")

@@ -1,0 +1,88 @@
+"""Hard parameter sharing: one shared encoder, one light ASPP head per task."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from torch import Tensor, nn
+
+from mtal.models import MODELS
+from mtal.models.base import MultiTaskNet
+from mtal.models.heads import ASPPHead
+from mtal.types import MultiTaskOutput
+
+if TYPE_CHECKING:
+    from mtal.tasks.base import Task
+
+
+@MODELS.register("hps")
+class HPS(MultiTaskNet):
+    """Shared encoder (fused 1/4 features) + an ASPP head per task; raw outputs are
+    upsampled to the input size. ``task_features`` are the heads' pre-classifier maps."""
+
+    def __init__(
+        self,
+        tasks: Mapping[str, Task],
+        backbone: str = "resnet18",
+        pretrained: bool = False,
+        head_channels: int = 64,
+        dropout: float = 0.1,
+        loss_prediction: bool = False,
+        *,
+        encoder_channels: int = 128,
+        backbone_kwargs: Mapping[str, Any] | None = None,
+        loss_pred_hidden: int = 128,
+        aspp_rates: Sequence[int] = (1, 6, 12),
+    ) -> None:
+        super().__init__(
+            tasks,
+            backbone,
+            pretrained,
+            loss_prediction,
+            encoder_channels,
+            backbone_kwargs,
+            loss_pred_hidden,
+        )
+        self.heads = nn.ModuleDict(
+            {
+                name: ASPPHead(encoder_channels, head_channels, t.out_channels, aspp_rates, dropout)
+                for name, t in self.tasks.items()
+            }
+        )
+
+    def forward(
+        self,
+        image: Tensor,
+        *,
+        committee: int = 0,
+        gt: dict[str, Tensor] | None = None,
+        gt_mask: Tensor | None = None,
+        mc_dropout: bool = False,
+    ) -> MultiTaskOutput:
+        """Predict every task; HPS has no cross-task path, so ``committee`` must be 0 and
+        ``gt``/``gt_mask`` None (use ``padnet`` for those)."""
+        self._check_image(image)
+        if committee:
+            raise ValueError(
+                f"model 'hps' has no cross-task committee (asked committee={committee}); "
+                "use model 'padnet' for committee-based strategies"
+            )
+        if gt is not None or gt_mask is not None:
+            raise ValueError(
+                "model 'hps' cannot substitute ground truth (gt/gt_mask given); "
+                "use model 'padnet' with gt_substitution=true"
+            )
+        size = image.shape[-2:]
+        enc = self.encoder(image)
+        final: dict[str, Tensor] = {}
+        feats: dict[str, Tensor] = {}
+        for name in self.task_names:
+            feats[name], raw = self.heads[name](enc.fused, mc_dropout=mc_dropout)
+            final[name] = self.upsample(raw, size)
+        return MultiTaskOutput(
+            final=final,
+            task_features=feats,
+            embedding=enc.embedding,
+            loss_pred=self.predict_losses(enc),
+        )

@@ -1,0 +1,54 @@
+"""LL4AL (Yoo & Kweon, CVPR 2019): a loss-prediction module and its margin ranking loss."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+class LossPredictionModule(nn.Module):
+    """Predicts one loss per task from multi-scale features:
+    per level GAP → FC(→ ``hidden``) → ReLU, concatenated, then a linear layer → B×K."""
+
+    def __init__(self, in_channels: Sequence[int], num_tasks: int, hidden: int = 128) -> None:
+        super().__init__()
+        self.fcs = nn.ModuleList(
+            [nn.Sequential(nn.Linear(c, hidden), nn.ReLU(inplace=True)) for c in in_channels]
+        )
+        self.out = nn.Linear(hidden * len(in_channels), num_tasks)
+
+    def forward(self, levels: Sequence[Tensor], detach: bool = False) -> Tensor:
+        """``levels``: B×C_i×h_i×w_i maps; ``detach`` stops the gradient into the backbone
+        (the paper does so after epoch 120)."""
+        if len(levels) != len(self.fcs):
+            raise ValueError(
+                f"loss-prediction module built for {len(self.fcs)} feature levels, got {len(levels)}"
+            )
+        pooled = [
+            fc((f.detach() if detach else f).mean(dim=(2, 3)))
+            for fc, f in zip(self.fcs, levels, strict=True)
+        ]
+        return self.out(torch.cat(pooled, dim=1))
+
+
+def ll4al_ranking_loss(pred: Tensor, target: Tensor, margin: float = 1.0) -> Tensor:
+    """Margin ranking loss of LL4AL, pairing sample i with B−1−i (i < ⌊B/2⌋):
+
+    ``L = mean_pairs max(0, −𝟙(l_i, l_j)·(l̂_i − l̂_j) + ξ)``, ``𝟙 = +1 if l_i > l_j else −1``,
+
+    with predicted losses ``l̂`` (``pred``), target losses ``l`` (``target``, detached) and
+    margin ξ. Extra trailing dims (e.g. B×K, one column per task) are averaged too; with
+    an odd B the middle sample is left unpaired.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must match")
+    half = pred.shape[0] // 2
+    if half == 0:
+        raise ValueError("ll4al_ranking_loss needs a batch of at least 2 samples")
+    target = target.detach()
+    d_pred = pred[:half] - pred.flip(0)[:half]
+    d_target = target[:half] - target.flip(0)[:half]
+    sign = torch.where(d_target > 0, 1.0, -1.0).to(pred.dtype)
+    return torch.clamp(margin - sign * d_pred, min=0).mean()

@@ -1,0 +1,228 @@
+"""PAD-Net with the pairwise committee (Hekimoglu et al., WACV 2024) and ground-truth
+substitution (PartAL, Durasov et al.)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mtal.models import MODELS
+from mtal.models.base import MultiTaskNet
+from mtal.models.heads import ConvHead
+from mtal.models.padnet.distillation import (
+    MultiModalDistillation,
+    committee_partner_sets,
+    member_name,
+)
+from mtal.types import MultiTaskOutput
+
+if TYPE_CHECKING:
+    from mtal.tasks.base import Task
+
+#: How the re-embedded (activated) initial prediction enters the distillation input:
+#: "add": M_t = F_t + embed_t(p_t); "replace": M_t = embed_t(p_t).
+GT_EMBED_MODES = ("add", "replace")
+
+
+@MODELS.register("padnet")
+class PADNet(MultiTaskNet):
+    """PAD-Net: shared encoder → per-task initial branch (features F_t, deep-supervised
+    initial prediction) → multi-modal distillation ``F_t + Σ_{a≠t} SA_{t,a}(F_a)`` → final
+    head per task.
+
+    ``gt_substitution=True`` (PartAL) adds, per task, ``embed_t`` (conv3x3 + ReLU, no
+    BatchNorm so samples never mix) mapping the activated initial prediction p_t back to
+    feature space; the distillation input becomes ``M_t = F_t + embed_t(p_t)``
+    (``gt_embed="add"``) or ``M_t = embed_t(p_t)`` (``"replace"``). Since PAD-Net distils
+    features, not predictions, this is what makes "use the ground truth instead of the
+    initial prediction" well defined: for a sample that carries task t's label,
+    ``p_t = encode_target(gt_t)`` (area-resized to the working resolution). Without it,
+    ``M_t = F_t`` exactly as in PAD-Net.
+    """
+
+    def __init__(
+        self,
+        tasks: Mapping[str, Task],
+        backbone: str = "resnet18",
+        pretrained: bool = False,
+        head_channels: int = 64,
+        dropout: float = 0.1,
+        loss_prediction: bool = False,
+        *,
+        encoder_channels: int = 128,
+        backbone_kwargs: Mapping[str, Any] | None = None,
+        loss_pred_hidden: int = 128,
+        initial_convs: int = 2,
+        final_convs: int = 2,
+        gt_substitution: bool = False,
+        gt_embed: str = "add",
+    ) -> None:
+        super().__init__(
+            tasks,
+            backbone,
+            pretrained,
+            loss_prediction,
+            encoder_channels,
+            backbone_kwargs,
+            loss_pred_hidden,
+        )
+        if gt_embed not in GT_EMBED_MODES:
+            raise ValueError(f"padnet gt_embed must be one of {GT_EMBED_MODES}, got {gt_embed!r}")
+        hc = head_channels
+        self.initial_heads = nn.ModuleDict(
+            {
+                n: ConvHead(encoder_channels, hc, t.out_channels, initial_convs, dropout)
+                for n, t in self.tasks.items()
+            }
+        )
+        self.distillation = MultiModalDistillation(self.task_names, hc)
+        self.final_heads = nn.ModuleDict(
+            {
+                n: ConvHead(hc, hc, t.out_channels, final_convs, dropout)
+                for n, t in self.tasks.items()
+            }
+        )
+        self.gt_substitution = gt_substitution
+        self.gt_embed = gt_embed
+        self.embed = (
+            nn.ModuleDict(
+                {
+                    n: nn.Sequential(nn.Conv2d(t.out_channels, hc, 3, padding=1), nn.ReLU())
+                    for n, t in self.tasks.items()
+                }
+            )
+            if gt_substitution
+            else None
+        )
+
+    # -- forward --------------------------------------------------------------------------
+    def forward(
+        self,
+        image: Tensor,
+        *,
+        committee: int = 0,
+        gt: dict[str, Tensor] | None = None,
+        gt_mask: Tensor | None = None,
+        mc_dropout: bool = False,
+    ) -> MultiTaskOutput:
+        """Raw ``final``/``initial`` predictions at input size; ``committee>=1`` also returns
+        the committee (members of up to ``committee`` partners); ``gt``/``gt_mask`` (B×K
+        bool, task order) substitute ground truth; ``mc_dropout`` keeps head dropout on."""
+        self._check_image(image)
+        self._check_committee(committee)
+        size = image.shape[-2:]
+        enc = self.encoder(image)
+        feats: dict[str, Tensor] = {}
+        initial_low: dict[str, Tensor] = {}
+        for name in self.task_names:
+            feats[name], initial_low[name] = self.initial_heads[name](enc.fused, mc_dropout)
+        inputs = self._distillation_inputs(feats, initial_low, gt, gt_mask, size)
+        messages = self.distillation.messages(inputs)
+        final = {}
+        for name in self.task_names:
+            others = [a for a in self.task_names if a != name]
+            refined = self.distillation.refine(inputs, messages, name, others)
+            final[name] = self.upsample(self.final_heads[name](refined, mc_dropout)[1], size)
+        initial = {n: self.upsample(x, size) for n, x in initial_low.items()}
+        members = None
+        if committee:
+            members = self._committee(inputs, messages, initial, committee, mc_dropout, size)
+        return MultiTaskOutput(
+            final=final,
+            initial=initial,
+            task_features=feats,
+            committee=members,
+            embedding=enc.embedding,
+            loss_pred=self.predict_losses(enc),
+        )
+
+    # -- pieces ---------------------------------------------------------------------------
+    def _check_committee(self, committee: int) -> None:
+        k = len(self.task_names)
+        if not 0 <= committee <= k - 1:
+            raise ValueError(
+                f"padnet committee must be between 0 and K-1={k - 1} for tasks "
+                f"{self.task_names} (1 pairs, 2 adds triplets, 3 quadruples); got {committee}"
+            )
+
+    def _committee(
+        self,
+        inputs: Mapping[str, Tensor],
+        messages: Mapping[tuple[str, str], Tensor],
+        initial: Mapping[str, Tensor],
+        committee: int,
+        mc_dropout: bool,
+        size: Any,
+    ) -> dict[str, dict[str, Tensor]]:
+        """Members ŷ_{k,S} = head_k(M_k + Σ_{a∈S} SA_{k,a}(M_a)) for every partner set S,
+        plus "initial"; messages are the ones of the main pass (no recomputation)."""
+        out: dict[str, dict[str, Tensor]] = {}
+        for k in self.task_names:
+            members = {"initial": initial[k]}
+            for partners in committee_partner_sets(self.task_names, k, committee):
+                refined = self.distillation.refine(inputs, messages, k, partners)
+                raw = self.final_heads[k](refined, mc_dropout)[1]
+                members[member_name(partners)] = self.upsample(raw, size)
+            out[k] = members
+        return out
+
+    def _distillation_inputs(
+        self,
+        feats: Mapping[str, Tensor],
+        initial_low: Mapping[str, Tensor],
+        gt: Mapping[str, Tensor] | None,
+        gt_mask: Tensor | None,
+        size: Any,
+    ) -> dict[str, Tensor]:
+        """M_t per task: F_t, or (gt_substitution) F_t + embed_t(p_t) / embed_t(p_t), with p_t
+        the activated initial prediction or, where gt_mask is set, the encoded ground truth."""
+        if self.embed is None:
+            if gt is not None or gt_mask is not None:
+                raise ValueError(
+                    "padnet got gt/gt_mask but was built without ground-truth substitution; "
+                    "set `gt_substitution: true` in the model config"
+                )
+            return dict(feats)
+        mask = self._check_gt(gt, gt_mask, next(iter(feats.values())).shape[0])
+        inputs = {}
+        for k, name in enumerate(self.task_names):
+            task = self.tasks[name]
+            pred = task.activate(initial_low[name])
+            if mask is not None and bool(mask[:, k].any()):
+                enc = task.encode_target(gt[name]).to(pred.dtype)  # type: ignore[index]
+                if tuple(enc.shape[-2:]) != tuple(size):
+                    raise ValueError(
+                        f"gt[{name!r}] has spatial size {tuple(enc.shape[-2:])}; expected the "
+                        f"input image size {tuple(size)}"
+                    )
+                enc = F.adaptive_avg_pool2d(enc, pred.shape[-2:])
+                pred = torch.where(mask[:, k].view(-1, 1, 1, 1), enc, pred)
+            emb = self.embed[name](pred)
+            inputs[name] = feats[name] + emb if self.gt_embed == "add" else emb
+        return inputs
+
+    def _check_gt(
+        self, gt: Mapping[str, Tensor] | None, gt_mask: Tensor | None, batch: int
+    ) -> Tensor | None:
+        if gt is None and gt_mask is None:
+            return None
+        if gt is None or gt_mask is None:
+            raise ValueError("padnet ground-truth substitution needs both `gt` and `gt_mask`")
+        k = len(self.task_names)
+        if gt_mask.dtype != torch.bool or tuple(gt_mask.shape) != (batch, k):
+            raise ValueError(
+                f"gt_mask must be a bool tensor of shape B×K=({batch}, {k}) in task order "
+                f"{self.task_names}; got {gt_mask.dtype} {tuple(gt_mask.shape)}"
+            )
+        missing = [
+            n for i, n in enumerate(self.task_names) if bool(gt_mask[:, i].any()) and n not in gt
+        ]
+        if missing:
+            raise ValueError(
+                f"gt_mask marks tasks {missing} as labelled but `gt` has no entry for them"
+            )
+        return gt_mask

@@ -1,0 +1,236 @@
+"""Reports from a run folder: ``mtal report runs/<experiment>``.
+
+Reads every ``<strategy>/seed<k>/metrics.csv`` under the experiment folder and writes,
+into ``<experiment>/report/``:
+
+- ``curve_<metric>.png``: the metric against % of labels bought, mean ± std over
+  seeds per strategy, with the fully-trained reference as a horizontal line;
+- ``table.md`` and ``table.csv``: mean ± std per strategy and cycle;
+- ``savings.md``: labels each strategy needs to reach the fully-trained multi-task
+  loss, and the savings against every other strategy.
+
+The fully-trained reference is a run named ``full`` (``--loop.name full`` with
+``data.initial 1.0`` and one cycle); without one, the savings use the best value any
+strategy reached as the target and say so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+#: metric names (last path component) where higher is better; others are lower-is-better
+HIGHER_IS_BETTER = {"miou", "pixel_acc", "odsf", "odsf_approx", "maxf", "max_iou", "iou",
+                    "pct_11_25", "pct_22_5", "pct_30", "delta_m"}
+HEADLINE = "val/mtl_loss"
+REFERENCE = "full"
+
+
+def higher_is_better(metric: str) -> bool:
+    return metric.rsplit("/", 1)[-1] in HIGHER_IS_BETTER
+
+
+@dataclass
+class Curve:
+    """One strategy's metric per cycle: x = % labels, mean and std over seeds."""
+
+    strategy: str
+    x: np.ndarray
+    labels: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    seeds: int
+
+
+def read_runs(experiment_dir: Path) -> dict[str, list[list[dict[str, float]]]]:
+    """strategy → list over seeds of the metrics rows (numbers only)."""
+    runs: dict[str, list[list[dict[str, float]]]] = defaultdict(list)
+    for table in sorted(experiment_dir.glob("*/seed*/metrics.csv")):
+        rows = []
+        with table.open(newline="") as handle:
+            for raw in csv.DictReader(handle):
+                row = {}
+                for key, value in raw.items():
+                    try:
+                        row[key] = float(value)
+                    except (TypeError, ValueError):
+                        continue
+                rows.append(row)
+        if rows:
+            runs[table.parent.parent.name].append(rows)
+    return dict(runs)
+
+
+def curve(strategy: str, seeds: list[list[dict[str, float]]], metric: str) -> Curve | None:
+    """Mean ± std over the seeds that reached each cycle."""
+    by_cycle: dict[int, list[tuple[float, float, float]]] = defaultdict(list)
+    for rows in seeds:
+        for row in rows:
+            if metric in row and math.isfinite(row[metric]):
+                frac = 100.0 * row.get("labelled_fraction", float("nan"))
+                by_cycle[int(row["cycle"])].append((frac, row.get("labels", float("nan")), row[metric]))
+    if not by_cycle:
+        return None
+    cycles = sorted(by_cycle)
+    values = [np.array(by_cycle[c]) for c in cycles]
+    return Curve(
+        strategy=strategy,
+        x=np.array([v[:, 0].mean() for v in values]),
+        labels=np.array([v[:, 1].mean() for v in values]),
+        mean=np.array([v[:, 2].mean() for v in values]),
+        std=np.array([v[:, 2].std() for v in values]),
+        seeds=max(len(v) for v in values),
+    )
+
+
+def metrics_of(runs: dict[str, list[list[dict[str, float]]]]) -> list[str]:
+    """The headline first, then every per-task validation metric present."""
+    keys: set[str] = set()
+    for seeds in runs.values():
+        for rows in seeds:
+            for row in rows:
+                keys.update(k for k in row if k.startswith("val/"))
+    ordered = sorted(keys - {HEADLINE})
+    return ([HEADLINE] if HEADLINE in keys else []) + ordered
+
+
+def reference_value(runs: dict[str, list[list[dict[str, float]]]], metric: str) -> float | None:
+    """Mean over seeds of the fully-trained reference run's (last row) metric."""
+    values = [rows[-1][metric] for rows in runs.get(REFERENCE, []) if metric in rows[-1]]
+    return float(np.mean(values)) if values else None
+
+
+def plot_curve(curves: list[Curve], metric: str, reference: float | None, out: Path) -> Path:
+    """Write one AL curve PNG (matplotlib Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.0), dpi=110)
+    for c in curves:
+        ax.plot(c.x, c.mean, marker="o", label=f"{c.strategy} (n={c.seeds})")
+        ax.fill_between(c.x, c.mean - c.std, c.mean + c.std, alpha=0.2)
+    if reference is not None:
+        ax.axhline(reference, color="black", linestyle="--", linewidth=1, label="fully trained")
+    ax.set_xlabel("% of labels (image/task pairs)")
+    ax.set_ylabel(metric + ("  (higher is better)" if higher_is_better(metric) else "  (lower is better)"))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def labels_to_reach(c: Curve, target: float, higher: bool) -> float | None:
+    """Labels at the first cycle whose mean reaches ``target`` (None if never)."""
+    for labels, value in zip(c.labels, c.mean):
+        if (value >= target) if higher else (value <= target):
+            return float(labels)
+    return None
+
+
+def savings_markdown(curves: list[Curve], target: float, target_name: str, higher: bool) -> str:
+    """Table of labels needed to reach ``target`` and pairwise savings."""
+    need = {c.strategy: labels_to_reach(c, target, higher) for c in curves}
+    lines = [f"Labels needed to reach {target_name} = {target:.4f} ({HEADLINE}).", "",
+             "| strategy | labels needed | " + " | ".join(f"saving vs {c.strategy}" for c in curves) + " |",
+             "|---|---|" + "---|" * len(curves)]
+    for c in curves:
+        mine = need[c.strategy]
+        cells = []
+        for other in curves:
+            theirs = need[other.strategy]
+            if other.strategy == c.strategy:
+                cells.append("—")
+            elif mine is None:
+                cells.append("not reached")
+            elif theirs is None:
+                cells.append("other never reached")
+            else:
+                cells.append(f"{100.0 * (theirs - mine) / theirs:+.1f}%")
+        shown = "not reached" if mine is None else f"{mine:.0f}"
+        lines.append(f"| {c.strategy} | {shown} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def table_rows(runs: dict[str, list[list[dict[str, float]]]], metrics: list[str]) -> list[dict[str, str]]:
+    """Mean ± std per strategy and cycle for every metric."""
+    rows = []
+    for strategy in sorted(runs):
+        curves = {m: curve(strategy, runs[strategy], m) for m in metrics}
+        first = next((c for c in curves.values() if c is not None), None)
+        if first is None:
+            continue
+        for i in range(len(first.x)):
+            row = {"strategy": strategy, "cycle": str(i), "% labels": f"{first.x[i]:.1f}",
+                   "labels": f"{first.labels[i]:.0f}", "seeds": str(first.seeds)}
+            for m, c in curves.items():
+                row[m] = "" if c is None or i >= len(c.mean) else f"{c.mean[i]:.4f} ± {c.std[i]:.4f}"
+            rows.append(row)
+    return rows
+
+
+def write_report(experiment_dir: str | Path) -> Path:
+    """Write curves, tables and savings for one experiment folder; returns the report dir."""
+    experiment_dir = Path(experiment_dir)
+    runs = read_runs(experiment_dir)
+    if not runs:
+        raise FileNotFoundError(
+            f"no runs under {experiment_dir}: expected {experiment_dir}/<strategy>/seed<k>/metrics.csv "
+            "(run `mtal loop` or `mtal experiment` first)"
+        )
+    out = experiment_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = metrics_of(runs)
+    strategies = [s for s in sorted(runs) if s != REFERENCE]
+    for metric in metrics:
+        curves = [c for s in strategies if (c := curve(s, runs[s], metric)) is not None]
+        if curves:
+            name = metric.replace("val/", "").replace("/", "_")
+            plot_curve(curves, metric, reference_value(runs, metric), out / f"curve_{name}.png")
+    rows = table_rows({s: runs[s] for s in strategies}, metrics)
+    columns = ["strategy", "cycle", "% labels", "labels", "seeds", *metrics]
+    with (out / "table.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    md = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    md += ["| " + " | ".join(r.get(c, "") for c in columns) + " |" for r in rows]
+    (out / "table.md").write_text("\n".join(md) + "\n")
+    if HEADLINE in metrics:
+        curves = [c for s in strategies if (c := curve(s, runs[s], HEADLINE)) is not None]
+        reference = reference_value(runs, HEADLINE)
+        if reference is not None:
+            text = savings_markdown(curves, reference, "the fully-trained multi-task loss", False)
+        else:
+            best = min(float(c.mean.min()) for c in curves)
+            text = ("No fully-trained reference run (`full`) in this experiment: the target is the "
+                    "best mean value any strategy reached.\n\n"
+                    + savings_markdown(curves, best, "the best reached multi-task loss", False))
+        (out / "savings.md").write_text(text)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``mtal report runs/<experiment> [--print]``."""
+    parser = argparse.ArgumentParser(prog="mtal report", description="AL curves and tables")
+    parser.add_argument("experiment", help="runs/<experiment>")
+    parser.add_argument("--print", action="store_true", help="print the tables")
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    out = write_report(args.experiment)
+    print(f"[mtal] report written to {out}")
+    if args.print:
+        for name in ("table.md", "savings.md"):
+            if (out / name).exists():
+                print((out / name).read_text())
+    return 0

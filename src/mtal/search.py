@@ -1,0 +1,413 @@
+"""Nearest-neighbour distances and k-center greedy (Sener & Savarese, ICLR 2018).
+
+Two backends live in :data:`SEARCH_BACKENDS`: ``"faiss"`` and ``"torch"``. Both use the
+GPU by themselves when one is present (``faiss.get_num_gpus() > 0`` /
+``torch.cuda.is_available()``); ``backend="auto"`` picks one by the rule measured in
+``benchmarks/bench_search.py`` (see :func:`resolve_backend`).
+
+Precision contract: every backend works on the features cast to float32 (network
+embeddings are float32 anyway). k-center picks are *exactly* those of a brute-force
+float64 reference on those float32 values, lowest index first among exact ties (see
+:func:`k_center_greedy`).
+
+Threads: faiss runs OpenMP; an OpenMP pool inherited through ``fork`` (DataLoader
+workers) can hang. faiss is imported lazily (torch is always imported first), and a
+forked child that has not called :func:`set_faiss_threads` itself runs faiss with one
+thread. Call ``set_faiss_threads(1)`` in a ``worker_init_fn`` to make it explicit.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from mtal.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "SEARCH_BACKENDS",
+    "SearchBackend",
+    "k_center_greedy",
+    "nearest_distance",
+    "resolve_backend",
+    "set_faiss_threads",
+]
+
+#: unit round-off of float32
+_U32 = float(np.finfo(np.float32).eps) / 2
+#: rows per chunk of the CPU torch running-min update: keeps the rows×d temporary in
+#: cache (512 measured 1.7× faster than one N×d pass at N=20k, d=512); CUDA: one pass
+_TORCH_UPDATE_ROWS_CPU = 512
+#: float elements per chunk of a query×key distance block (64 MiB of float32)
+_BLOCK_ELEMS = 1 << 24
+
+
+# --------------------------------------------------------------------------- faiss
+
+
+@dataclass
+class _FaissState:
+    """Process-local faiss bookkeeping (fork detection, explicit thread setting)."""
+
+    pid: int = -1
+    threads_set_in: int = -1  # pid of the process that last called set_faiss_threads
+    gpu_resources: Any = None
+
+
+_FAISS_STATE = _FaissState()
+
+
+def _faiss() -> Any:
+    """Import faiss lazily (after torch) and apply the after-fork thread rule."""
+    import torch  # noqa: F401  (torch must be loaded before faiss: shared OpenMP/MKL)
+
+    try:
+        import faiss
+    except ImportError as err:  # pragma: no cover - faiss-cpu is a hard dependency
+        raise ImportError(
+            "mtal.search backend 'faiss' needs the faiss package; install faiss-cpu "
+            "(or faiss-gpu-cu12), or pass backend='torch'"
+        ) from err
+    pid = os.getpid()
+    if _FAISS_STATE.pid == -1:
+        _FAISS_STATE.pid = pid
+    elif _FAISS_STATE.pid != pid:
+        # first faiss call in a forked child: the parent's OpenMP pool is unusable here
+        _FAISS_STATE.pid = pid
+        _FAISS_STATE.gpu_resources = None
+        if _FAISS_STATE.threads_set_in != pid:
+            faiss.omp_set_num_threads(1)
+    return faiss
+
+
+def set_faiss_threads(n: int) -> None:
+    """Set faiss's OpenMP thread count for this process (use 1 in DataLoader workers).
+
+    A forked child that never calls this runs faiss single-threaded, which avoids the
+    known OpenMP-after-fork hang.
+    """
+    if int(n) < 1:
+        raise ValueError(f"set_faiss_threads: n must be >= 1, got {n}")
+    faiss = _faiss()
+    faiss.omp_set_num_threads(int(n))
+    _FAISS_STATE.threads_set_in = os.getpid()
+
+
+def _faiss_gpu_resources(faiss: Any) -> Any | None:
+    """One cached ``StandardGpuResources`` when faiss sees a GPU, else None."""
+    if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
+        return None
+    if _FAISS_STATE.gpu_resources is None:
+        _FAISS_STATE.gpu_resources = faiss.StandardGpuResources()
+    return _FAISS_STATE.gpu_resources
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _to_numpy32(x: Any, name: str) -> np.ndarray:
+    """A C-contiguous float32 2-D numpy copy/view of an array or tensor."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    arr = np.ascontiguousarray(np.asarray(x), dtype=np.float32)
+    if arr.ndim != 2:
+        raise ValueError(f"mtal.search: {name} must be a 2-D [count, dim] array, got shape {arr.shape}")
+    return arr
+
+
+def _torch_device() -> torch.device:
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# --------------------------------------------------------------------------- k-center kernels
+
+
+class _RunningMin(Protocol):
+    """Running minimum squared distance of every point to the chosen centres."""
+
+    def update(self, j: int) -> None:
+        """min-in-place with the squared distances of all points to point ``j``."""
+
+    def exclude(self, idx: np.ndarray) -> None:
+        """Mark points as centres: they can never be picked again."""
+
+    def candidates(self) -> tuple[float, np.ndarray]:
+        """(max running min, sorted indices whose exact value may equal the exact max)."""
+
+
+def _tolerance(m: float, rtol: float, atol: float) -> float:
+    return rtol * m + atol
+
+
+def _direct_rtol(dim: int) -> float:
+    """Relative error bound of a float32 ``Σ (x_i − c_i)²`` (any summation order), doubled.
+
+    fl(x−c) is relatively exact; a sum of d non-negative terms errs by ≤ (d−1)·u
+    relative; squares add 2u; the max and a candidate each carry it, hence ×2, and a
+    further ×2 of slack.
+    """
+    return 4.0 * (dim + 3) * _U32
+
+
+class _TorchRunningMin:
+    """Running min on the torch device, exact-difference formulation ``Σ (x − c)²``."""
+
+    def __init__(self, x: np.ndarray) -> None:
+        import torch
+
+        self._torch = torch
+        self.x = torch.from_numpy(x).to(_torch_device())
+        self.rmin = torch.full((x.shape[0],), float("inf"), dtype=torch.float32, device=self.x.device)
+        self.rtol = _direct_rtol(x.shape[1])
+        n = max(1, x.shape[0])
+        self.rows = n if self.x.is_cuda else _TORCH_UPDATE_ROWS_CPU
+
+    def update(self, j: int) -> None:
+        c = self.x[j]
+        for s in range(0, self.x.shape[0], self.rows):
+            d = (self.x[s : s + self.rows] - c).square_().sum(dim=1)
+            view = self.rmin[s : s + self.rows]
+            self._torch.minimum(view, d, out=view)
+
+    def exclude(self, idx: np.ndarray) -> None:
+        self.rmin[self._torch.as_tensor(idx, device=self.rmin.device)] = float("-inf")
+
+    def candidates(self) -> tuple[float, np.ndarray]:
+        m = float(self.rmin.max())
+        thr = m - _tolerance(m, self.rtol, 0.0)
+        if m == 0.0:  # exact-difference zeros are exact: every candidate ties at 0
+            return m, self._torch.nonzero(self.rmin >= thr)[:1].flatten().cpu().numpy()
+        idx = self._torch.nonzero(self.rmin >= thr).flatten()
+        return m, idx.cpu().numpy()
+
+
+class _FaissRunningMin:
+    """Running min in numpy; per-step distances by faiss (CPU: ``fvec_L2sqr_ny``,
+    exact difference; GPU: ``pairwise_distance_gpu``, norm expansion → absolute slack)."""
+
+    def __init__(self, x: np.ndarray) -> None:
+        self.faiss = _faiss()
+        self.x = x
+        self.rmin = np.full(x.shape[0], np.inf, dtype=np.float32)
+        self.buf = np.empty(x.shape[0], dtype=np.float32)
+        self.res = _faiss_gpu_resources(self.faiss)
+        self.rtol = _direct_rtol(x.shape[1])
+        self.atol = 0.0
+        if self.res is not None:
+            # ||x||² − 2x·c + ||c||² errs by ≈ (d+3)·u·(||x||² + ||c||²) absolute
+            self.atol = 8.0 * (x.shape[1] + 3) * _U32 * float((x.astype(np.float64) ** 2).sum(1).max())
+
+    def update(self, j: int) -> None:
+        if self.res is None:
+            sp = self.faiss.swig_ptr
+            self.faiss.fvec_L2sqr_ny(sp(self.buf), sp(self.x[j]), sp(self.x), self.x.shape[1], self.x.shape[0])
+        else:
+            self.buf[:] = np.maximum(self.faiss.pairwise_distance_gpu(self.res, self.x[j : j + 1], self.x)[0], 0)
+        np.minimum(self.rmin, self.buf, out=self.rmin)
+
+    def exclude(self, idx: np.ndarray) -> None:
+        self.rmin[idx] = -np.inf
+
+    def candidates(self) -> tuple[float, np.ndarray]:
+        m = float(self.rmin.max())
+        thr = m - _tolerance(m, self.rtol, self.atol)
+        cand = np.flatnonzero(self.rmin >= thr)
+        return m, cand[:1] if m == 0.0 and self.atol == 0.0 else cand
+
+
+def _exact_pick(x64: np.ndarray, cand: np.ndarray, centres: list[int]) -> int:
+    """Among candidates, the one farthest (float64) from its nearest centre; lowest index on ties."""
+    c = np.asarray(centres, dtype=np.int64)
+    best = np.full(len(cand), np.inf)
+    step = max(1, _BLOCK_ELEMS // max(1, len(cand) * x64.shape[1]))
+    for s in range(0, len(c), step):
+        block = x64[c[s : s + step]]
+        d = ((x64[cand][:, None, :] - block[None, :, :]) ** 2).sum(-1)
+        np.minimum(best, d.min(1), out=best)
+    return int(cand[int(np.argmax(best))])  # argmax: first (lowest-index) maximum
+
+
+# --------------------------------------------------------------------------- backends
+
+
+class SearchBackend(Protocol):
+    """A distance engine: nearest squared distances and a k-center running min."""
+
+    def nearest_sq(self, queries: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        """float32 [N] squared distance of each query to its nearest key (M ≥ 1)."""
+
+    def running_min(self, x: np.ndarray) -> _RunningMin:
+        """A k-center running-min state over the points ``x`` (all at +inf)."""
+
+
+SEARCH_BACKENDS: Registry[SearchBackend] = Registry("search backend")
+
+
+@SEARCH_BACKENDS.register("faiss")
+class FaissBackend:
+    """Exact faiss search: ``IndexFlatL2`` (moved to GPU 0 when faiss sees a GPU)."""
+
+    def nearest_sq(self, queries: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        faiss = _faiss()
+        index = faiss.IndexFlatL2(keys.shape[1])
+        res = _faiss_gpu_resources(faiss)
+        if res is not None:
+            index = faiss.index_cpu_to_gpu(res, 0, index)
+        index.add(keys)
+        dist, _ = index.search(queries, 1)
+        return np.maximum(dist[:, 0], 0.0)
+
+    def running_min(self, x: np.ndarray) -> _RunningMin:
+        return _FaissRunningMin(x)
+
+
+@SEARCH_BACKENDS.register("torch")
+class TorchBackend:
+    """Chunked ``torch.cdist`` (matmul form) + min, on CUDA when available."""
+
+    def nearest_sq(self, queries: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        import torch
+
+        dev = _torch_device()
+        k = torch.from_numpy(keys).to(dev)
+        out = np.empty(queries.shape[0], dtype=np.float32)
+        step = max(1, _BLOCK_ELEMS // keys.shape[0])
+        for s in range(0, queries.shape[0], step):
+            q = torch.from_numpy(queries[s : s + step]).to(dev)
+            out[s : s + step] = torch.cdist(q, k).min(dim=1).values.cpu().numpy()
+        return out**2
+
+    def running_min(self, x: np.ndarray) -> _RunningMin:
+        return _TorchRunningMin(x)
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _faiss_has_gpu() -> bool:
+    faiss = _faiss()
+    return _faiss_gpu_resources(faiss) is not None
+
+
+#: backend "auto" resolves to, per operation, from benchmarks/bench_search.py (2 CPU
+#: threads: faiss wins both on CPU). On a GPU host (unmeasured, by design): torch for
+#: k-center (device-resident running min; faiss's per-step GPU call copies the points
+#: each step); for nearest_distance faiss-GPU when faiss sees the GPU, else torch-CUDA.
+_AUTO_RULES: dict[str, Any] = {
+    "nearest_distance": lambda: "faiss" if _faiss_has_gpu() or not _has_cuda() else "torch",
+    "k_center_greedy": lambda: "torch" if _has_cuda() else "faiss",
+}
+
+
+def resolve_backend(operation: str, backend: str = "auto") -> str:
+    """The backend name ``backend`` means for ``operation`` ('nearest_distance' or
+    'k_center_greedy'); 'auto' applies the benchmarked rule in ``_AUTO_RULES``."""
+    if operation not in _AUTO_RULES:
+        raise ValueError(
+            f"mtal.search.resolve_backend: unknown operation {operation!r}; "
+            f"expected one of {sorted(_AUTO_RULES)}"
+        )
+    name = _AUTO_RULES[operation]() if backend == "auto" else backend
+    SEARCH_BACKENDS.get(name)  # unknown names raise, listing the known ones
+    return name
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def nearest_distance(queries: Any, keys: Any, *, backend: str = "auto") -> np.ndarray:
+    """Euclidean (not squared) float32 distance ``[N]`` of each query to its nearest key.
+
+    ``keys`` with M = 0 rows gives ``+inf`` for every query (nothing is near). Both
+    backends are exact searches in float32 (faiss ``IndexFlatL2`` / torch ``cdist``;
+    both use the norm expansion, so tiny distances carry ~sqrt(d·u)·‖x‖ absolute error).
+    'auto': faiss on CPU hosts (measured faster, benchmarks/README.md) and when faiss
+    sees a GPU; torch when only torch sees a GPU.
+    """
+    q = _to_numpy32(queries, "queries")
+    k = _to_numpy32(keys, "keys")
+    if q.shape[1] != k.shape[1]:
+        raise ValueError(
+            f"mtal.search.nearest_distance: queries have dim {q.shape[1]} but keys have dim "
+            f"{k.shape[1]}; embed both with the same model/layer"
+        )
+    name = resolve_backend("nearest_distance", backend)
+    if k.shape[0] == 0:
+        return np.full(q.shape[0], np.inf, dtype=np.float32)
+    if q.shape[0] == 0:
+        return np.empty(0, dtype=np.float32)
+    return np.sqrt(SEARCH_BACKENDS.get(name)().nearest_sq(q, k))
+
+
+def k_center_greedy(
+    features: Any,
+    labelled_mask: Any,
+    budget: int,
+    *,
+    backend: str = "auto",
+    seed: int = 0,
+) -> np.ndarray:
+    """Sener & Savarese k-center greedy: ``budget`` indices, each the unlabelled point
+    farthest from its nearest centre (labelled points + earlier picks), in pick order.
+
+    Each step costs one N×d distance pass: a float32 running min of the exact-difference
+    ``Σ (x − c)²`` (relative error ≤ (d+3)·u, unlike ``‖x‖² − 2x·c + ‖c‖²`` whose error
+    scales with ‖x‖² and reorders near-ties). Points whose float32 value is within that
+    bound of the max are re-scored in float64 against all centres, so picks equal the
+    float64 brute force, lowest index among exact ties. With no labelled point the first
+    centre is ``np.random.default_rng(seed).integers(N)`` (``seed`` is unused otherwise).
+    'auto': faiss on CPU (measured faster), torch when CUDA is available.
+    """
+    x = _to_numpy32(features, "features")
+    if hasattr(labelled_mask, "detach"):
+        labelled_mask = labelled_mask.detach().cpu().numpy()
+    mask = np.asarray(labelled_mask)
+    n = x.shape[0]
+    if mask.dtype != np.bool_ or mask.shape != (n,):
+        raise ValueError(
+            f"mtal.search.k_center_greedy: labelled_mask must be a bool array of shape ({n},) "
+            f"matching features, got dtype {mask.dtype} shape {mask.shape}"
+        )
+    budget = int(budget)
+    available = n - int(mask.sum())
+    if budget < 0 or budget > available:
+        raise ValueError(
+            f"mtal.search.k_center_greedy: budget {budget} must be between 0 and the "
+            f"{available} unlabelled points available (of {n}); lower the budget"
+        )
+    name = resolve_backend("k_center_greedy", backend)
+    if budget == 0:
+        return np.empty(0, dtype=np.int64)
+
+    state = SEARCH_BACKENDS.get(name)().running_min(x)
+    x64 = x.astype(np.float64)
+    centres = [int(i) for i in np.flatnonzero(mask)]
+    picks: list[int] = []
+    if not centres:
+        first = int(np.random.default_rng(seed).integers(n))
+        picks.append(first)
+        centres.append(first)
+        state.update(first)
+        state.exclude(np.array([first]))
+    else:
+        for c in centres:
+            state.update(c)
+        state.exclude(np.asarray(centres))
+    while len(picks) < budget:
+        m, cand = state.candidates()
+        j = int(cand[0]) if len(cand) == 1 else _exact_pick(x64, cand, centres)
+        picks.append(j)
+        centres.append(j)
+        state.update(j)
+        state.exclude(np.array([j]))
+    return np.asarray(picks, dtype=np.int64)

@@ -1,0 +1,141 @@
+"""Experiment tracking: W&B (offline unless asked), a step-offset logger wrapper, and
+secret redaction for everything written to disk or to a tracker."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities import rank_zero_only
+
+#: keys whose values never leave the process (configs, exports, logs)
+_SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential)", re.I)
+#: W&B API keys are 40 hex chars (or "local-..." for servers); also redact anything
+#: that equals the live WANDB_API_KEY.
+_WANDB_KEY = re.compile(r"\b[0-9a-f]{40}\b|\blocal-[0-9a-f]{40}\b", re.I)
+REDACTED = "<redacted>"
+
+
+def redact(obj: Any) -> Any:
+    """A copy of ``obj`` (nested dicts/lists/strings) with secrets replaced by ``<redacted>``.
+
+    A value is secret when its key looks like a credential, when it looks like a W&B
+    API key, or when it contains the current ``WANDB_API_KEY``.
+    """
+    live = os.environ.get("WANDB_API_KEY") or ""
+    if isinstance(obj, Mapping):
+        return {
+            k: (REDACTED if _SECRET_KEY.search(str(k)) and v not in (None, "") else redact(v))
+            for k, v in obj.items()
+        }
+    if isinstance(obj, list | tuple):
+        return type(obj)(redact(v) for v in obj)
+    if isinstance(obj, str):
+        if live and live in obj:
+            obj = obj.replace(live, REDACTED)
+        return _WANDB_KEY.sub(REDACTED, obj)
+    return obj
+
+
+class OffsetLogger(Logger):
+    """Wraps a logger so that every cycle's fit logs at ``step + offset``.
+
+    Each active-learning cycle trains with a fresh Trainer whose global step restarts
+    at 0; the offset makes one monotonic step axis across cycles.
+    """
+
+    def __init__(self, inner: Logger, offset: int = 0) -> None:
+        super().__init__()
+        self.inner = inner
+        self.offset = offset
+
+    @property
+    def name(self) -> str | None:
+        return self.inner.name
+
+    @property
+    def version(self) -> int | str | None:
+        return self.inner.version
+
+    @property
+    def save_dir(self) -> str | None:
+        return self.inner.save_dir
+
+    @property
+    def log_dir(self) -> str | None:
+        return getattr(self.inner, "log_dir", None)
+
+    @property
+    def experiment(self) -> Any:
+        return self.inner.experiment
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        self.inner.log_metrics(dict(metrics), None if step is None else step + self.offset)
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        if isinstance(params, Mapping):
+            params = redact(dict(params))
+        self.inner.log_hyperparams(params, *args, **kwargs)
+
+    def save(self) -> None:
+        self.inner.save()
+
+    def finalize(self, status: str) -> None:
+        # the wrapped logger lives across cycles; the loop finalises it once at the end
+        self.inner.save()
+
+
+def create_logger(
+    kind: str,
+    run_dir: Path,
+    *,
+    project: str,
+    group: str,
+    name: str,
+    config: Mapping[str, Any] | None = None,
+) -> Logger | None:
+    """The run's tracker: ``wandb`` (offline unless ``WANDB_MODE=online``), ``csv`` or ``none``."""
+    factories = {"wandb": _wandb_logger, "csv": _csv_logger, "none": lambda *a, **k: None}
+    if kind not in factories:
+        raise ValueError(f"loop.logger={kind!r} is not a logger; choose one of {sorted(factories)}")
+    return factories[kind](run_dir, project=project, group=group, name=name, config=config)
+
+
+def _wandb_logger(
+    run_dir: Path, *, project: str, group: str, name: str, config: Mapping[str, Any] | None
+) -> Logger:
+    from lightning.pytorch.loggers import WandbLogger
+
+    mode = os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    run_id = re.sub(r"[^A-Za-z0-9_-]", "-", f"{group}-{name}")[:120]
+    logger = WandbLogger(
+        project=project,
+        group=group,
+        name=name,
+        id=run_id,
+        resume="allow",
+        save_dir=str(run_dir),
+        offline=mode != "online",
+        log_model=False,
+    )
+    if config is not None:
+        logger.log_hyperparams(redact(dict(config)))
+    return logger
+
+
+def _csv_logger(
+    run_dir: Path, *, project: str, group: str, name: str, config: Mapping[str, Any] | None
+) -> Logger:
+    from lightning.pytorch.loggers import CSVLogger
+
+    logger = CSVLogger(save_dir=str(run_dir), name="csv_logs", version="")
+    if config is not None:
+        logger.log_hyperparams(redact(dict(config)))
+    return logger
