@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 from scipy.io import savemat
 
+from mtal.data import create_dataset
 from mtal.data.base import DATASETS, DatasetLayoutError
 from mtal.data.fixtures import (
     encode_normals_png,
@@ -20,10 +21,12 @@ from mtal.data.fixtures import (
     write_mtan,
     write_nyud,
     write_pascal_context,
+    write_synthetic_fixture,
 )
 from mtal.data.mtan import CityscapesMTAN, NYUv2MTAN
 from mtal.data.nyud import NYUD
 from mtal.data.pascal_context import PascalContext, label_boundaries
+from mtal.data.synthetic import SyntheticScenes
 
 H, W = 24, 32
 
@@ -71,13 +74,17 @@ class FakeSource:
         return {k: full[k] for k in ("image", *tasks)}
 
 
-def make_source(n: int = 6) -> Any:
-    """SyntheticScenes when the project's generator is present, else the local fake."""
-    try:
-        from mtal.data.synthetic import SyntheticScenes
-    except ImportError:
-        return FakeSource(n)
-    return SyntheticScenes("train", size=(H, W), length=n, seed=0)
+#: sources the round-trip tests run on: the project's generator, and the fake whose
+#: class ids (up to 44) exercise the modulo mapping into every dataset's class range
+SOURCES = {
+    "synthetic": lambda n: SyntheticScenes("train", size=(H, W), length=n, seed=0),
+    "fake": FakeSource,
+}
+
+
+def make_source(n: int = 6, kind: str = "synthetic") -> Any:
+    """A multi-task source of ``n`` samples of ``kind`` (see ``SOURCES``)."""
+    return SOURCES[kind](n)
 
 
 def ref_boundaries(label: np.ndarray, thin: bool) -> np.ndarray:
@@ -113,9 +120,9 @@ def expect_error(match: str, fn: Any, *args: Any, **kw: Any) -> str:
 # ----------------------------------------------------------------------------------
 
 
-@pytest.fixture()
-def nyud_root(tmp_path: Path) -> tuple[Path, Any]:
-    source = make_source()
+@pytest.fixture(params=sorted(SOURCES))
+def nyud_root(tmp_path: Path, request: pytest.FixtureRequest) -> tuple[Path, Any]:
+    source = make_source(kind=request.param)
     write_nyud(tmp_path, source, n_train=4, n_val=2)
     return tmp_path, source
 
@@ -155,8 +162,8 @@ def test_nyud_semseg_and_normals_decoding(tmp_path: Path) -> None:
     np.testing.assert_array_equal(got["semseg"][0, :4], [255, 0, 39, 255])
     np.testing.assert_allclose(got["normals"][0, 0], [0, 0, 0])
     np.testing.assert_allclose(got["normals"][5, 5], [-1 / np.sqrt(3), -1 / np.sqrt(3), 1 / np.sqrt(3)], atol=1e-6)  # fmt: skip
-    unit = NYUD(tmp_path, tasks=["normals"], normals_encoding="uint8")
-    np.testing.assert_allclose(unit.load(0, ["normals"])["normals"][5, 5], [-1 / np.sqrt(3)] * 2 + [1 / np.sqrt(3)], atol=1e-6)  # fmt: skip
+    forced = NYUD(tmp_path, tasks=["normals"], normals_encoding="uint8")
+    np.testing.assert_allclose(forced.load(0, ["normals"])["normals"][5, 5], [-1 / np.sqrt(3)] * 2 + [1 / np.sqrt(3)], atol=1e-6)  # fmt: skip
     seg[1, 1] = 41
     Image.fromarray(seg).save(tmp_path / "segmentation" / "000000.png")
     expect_error("000000.png", NYUD(tmp_path).load, 0, ["semseg"])
@@ -216,9 +223,9 @@ def test_label_boundaries_against_reference() -> None:
         np.testing.assert_array_equal(label_boundaries(big, thin), ref_boundaries(big, thin))
 
 
-@pytest.fixture()
-def pascal_root(tmp_path: Path) -> tuple[Path, Any]:
-    source = make_source()
+@pytest.fixture(params=sorted(SOURCES))
+def pascal_root(tmp_path: Path, request: pytest.FixtureRequest) -> tuple[Path, Any]:
+    source = make_source(kind=request.param)
     write_pascal_context(tmp_path, source, n_train=4, n_val=2)
     return tmp_path, source
 
@@ -311,8 +318,9 @@ def test_pascal_only_requested_missing_corrupt(tmp_path: Path, pascal_root: tupl
 # ----------------------------------------------------------------------------------
 
 
-def test_mtan_nyuv2_roundtrip(tmp_path: Path) -> None:
-    source = make_source(14)
+@pytest.mark.parametrize("kind", sorted(SOURCES))
+def test_mtan_nyuv2_roundtrip(tmp_path: Path, kind: str) -> None:
+    source = make_source(14, kind)
     write_mtan(tmp_path, source, n_train=12, n_val=2, kind="nyuv2_13")
     assert DATASETS.get("nyuv2_13") is NYUv2MTAN
     ds = NYUv2MTAN(tmp_path, "train")
@@ -332,8 +340,9 @@ def test_mtan_nyuv2_roundtrip(tmp_path: Path) -> None:
     np.testing.assert_array_equal(ds.load(3, [])["image"], source.load(3, [])["image"])
 
 
-def test_mtan_cityscapes_label_dirs(tmp_path: Path) -> None:
-    source = make_source(3)
+@pytest.mark.parametrize("kind", sorted(SOURCES))
+def test_mtan_cityscapes_label_dirs(tmp_path: Path, kind: str) -> None:
+    source = make_source(3, kind)
     write_mtan(tmp_path, source, 2, 1, kind="cityscapes_7")
     assert (tmp_path / "train/label_7/0.npy").exists()
     assert not (tmp_path / "train/normal").exists()
@@ -367,3 +376,18 @@ def test_mtan_only_requested_missing_corrupt(tmp_path: Path) -> None:
     np.save(tmp_path / "train/label/2.npy", np.zeros((H, W - 1), np.float32))
     msg = expect_error(str(tmp_path / "train/label/2.npy"), ds.load, 2, ["semseg"])
     assert str(tmp_path / "train/image/2.npy") in msg and f"({H}, {W - 1})" in msg
+
+
+@pytest.mark.parametrize("name", ["nyud", "pascal_context", "nyuv2_13", "cityscapes_7"])
+def test_synthetic_fixture_loads_through_registry(tmp_path: Path, name: str) -> None:
+    source, written = write_synthetic_fixture(name, tmp_path, n_train=3, n_val=1, size=(H, W))
+    assert isinstance(source, SyntheticScenes) and len(written["val"]) == 1
+    ds = create_dataset(name, root=tmp_path, split="val")
+    got = ds.load(0, ds.tasks)
+    src = source.load(3, ds.tasks)
+    assert set(got) == {"image", *ds.tasks} and got["image"].shape == (H, W, 3)
+    s = src["semseg"].astype(int)
+    c = ds.num_classes["semseg"]
+    np.testing.assert_array_equal(got["semseg"], np.where(s == 255, 255, s % c))
+    if "depth" in ds.tasks:
+        np.testing.assert_array_equal(got["depth"], src["depth"])

@@ -9,6 +9,7 @@ A grid file names a base config and the axes to sweep::
     variants:                      # optional; each adds its own overrides (table rows)
       dwa: {model.weighting: dwa}
     overrides: {trainer.max_epochs: 20}
+    reference: {data.initial: 1.0} # optional fully-trained reference run ("full")
     smoke:                         # applied on top with --smoke / SMOKE=1
       config: configs/synthetic/smoke.yaml
       seeds: [0]
@@ -33,8 +34,9 @@ from typing import Any
 
 import yaml
 
-GRID_KEYS = {"name", "config", "strategies", "seeds", "variants", "overrides", "smoke", "description"}
-SMOKE_KEYS = {"config", "strategies", "seeds", "variants", "overrides"}
+GRID_KEYS = {"name", "config", "strategies", "seeds", "variants", "overrides", "smoke",
+             "description", "reference"}
+SMOKE_KEYS = {"config", "strategies", "seeds", "variants", "overrides", "reference"}
 
 
 class GridError(ValueError):
@@ -77,6 +79,8 @@ class Grid:
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
     overrides: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    #: overrides of the fully-trained reference run (None: no reference)
+    reference: dict[str, Any] | None = None
 
 
 def load_grid(path: str | Path, *, smoke: bool = False) -> Grid:
@@ -99,7 +103,7 @@ def load_grid(path: str | Path, *, smoke: bool = False) -> Grid:
         raise GridError(f"{path}: unknown key(s) {sorted(bad)} in smoke; known: {sorted(SMOKE_KEYS)}")
     data = dict(raw)
     if smoke:
-        for key in ("config", "strategies", "seeds", "variants"):
+        for key in ("config", "strategies", "seeds", "variants", "reference"):
             if key in smoke_section:
                 data[key] = smoke_section[key]
         data["overrides"] = {**(raw.get("overrides") or {}), **(smoke_section.get("overrides") or {})}
@@ -111,6 +115,7 @@ def load_grid(path: str | Path, *, smoke: bool = False) -> Grid:
         variants={str(k): dict(v or {}) for k, v in (data.get("variants") or {}).items()},
         overrides=dict(data.get("overrides") or {}),
         description=str(data.get("description", "")),
+        reference=None if data.get("reference") in (None, False) else dict(data["reference"] or {}),
     )
     if not grid.strategies or not grid.seeds:
         raise GridError(f"{path}: strategies and seeds must be non-empty lists")
@@ -131,11 +136,17 @@ def expand(grid: Grid, *, runs_dir: str = "runs") -> list[Run]:
     for variant, extra in variants.items():
         experiment = f"{grid.name}/{variant}" if variant else grid.name
         overrides = {**grid.overrides, **extra}
-        cycles = int(overrides.get("loop.cycles", _config_value(grid.config, "loop.cycles", LoopSettings().cycles)))
-        for strategy in grid.strategies:
+        default_cycles = _config_value(grid.config, "loop.cycles", LoopSettings().cycles)
+        cells: list[tuple[str, str, dict[str, Any]]] = []
+        if grid.reference is not None:
+            full = {**overrides, **grid.reference, "loop.cycles": 1, "loop.name": "full"}
+            cells.append(("full", "random", full))
+        cells += [(strategy, strategy, overrides) for strategy in grid.strategies]
+        for label, strategy, cell in cells:
+            cycles = int(cell.get("loop.cycles", default_cycles))
             for seed in grid.seeds:
                 args = ["loop", "--config", grid.config]
-                for key, value in overrides.items():
+                for key, value in cell.items():
                     args += _flag(key, value)
                 args += _flag("loop.experiment", experiment)
                 args += _flag("loop.strategy", strategy)
@@ -143,7 +154,7 @@ def expand(grid: Grid, *, runs_dir: str = "runs") -> list[Run]:
                 args += _flag("loop.runs_dir", runs_dir)
                 args += _flag("seed_everything", seed)
                 args += _flag("data.pool_seed", seed)
-                runs.append(Run(experiment, strategy, seed, args, runs_dir, cycles))
+                runs.append(Run(experiment, label, seed, args, runs_dir, cycles))
     return runs
 
 

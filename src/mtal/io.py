@@ -117,11 +117,15 @@ def read_checked_json(path: str | os.PathLike[str], schema: str, version: int) -
     """
     path = Path(path)
     if not path.is_file():
-        raise StateFileError(f"state file {path} is missing (expected schema {schema!r}); {_RESTORE_HINT}")
+        raise StateFileError(
+            f"state file {path} is missing (expected schema {schema!r}); {_RESTORE_HINT}"
+        )
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise StateFileError(f"state file {path} is not valid JSON ({err}); {_RESTORE_HINT}") from err
+        raise StateFileError(
+            f"state file {path} is not valid JSON ({err}); {_RESTORE_HINT}"
+        ) from err
     if not isinstance(document, dict) or not {"schema", "version", "sha256", "payload"} <= set(
         document
     ):

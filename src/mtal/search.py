@@ -116,7 +116,9 @@ def _to_numpy32(x: Any, name: str) -> np.ndarray:
         x = x.detach().cpu().numpy()
     arr = np.ascontiguousarray(np.asarray(x), dtype=np.float32)
     if arr.ndim != 2:
-        raise ValueError(f"mtal.search: {name} must be a 2-D [count, dim] array, got shape {arr.shape}")
+        raise ValueError(
+            f"mtal.search: {name} must be a 2-D [count, dim] array, got shape {arr.shape}"
+        )
     return arr
 
 
@@ -164,7 +166,9 @@ class _TorchRunningMin:
 
         self._torch = torch
         self.x = torch.from_numpy(x).to(_torch_device())
-        self.rmin = torch.full((x.shape[0],), float("inf"), dtype=torch.float32, device=self.x.device)
+        self.rmin = torch.full(
+            (x.shape[0],), float("inf"), dtype=torch.float32, device=self.x.device
+        )
         self.rtol = _direct_rtol(x.shape[1])
         n = max(1, x.shape[0])
         self.rows = n if self.x.is_cuda else _TORCH_UPDATE_ROWS_CPU
@@ -180,12 +184,15 @@ class _TorchRunningMin:
         self.rmin[self._torch.as_tensor(idx, device=self.rmin.device)] = float("-inf")
 
     def candidates(self) -> tuple[float, np.ndarray]:
-        m = float(self.rmin.max())
+        top, arg = self._torch.topk(self.rmin, min(2, self.rmin.shape[0]))
+        top_h = top.cpu().numpy()
+        m = float(top_h[0])
         thr = m - _tolerance(m, self.rtol, 0.0)
+        if len(top_h) == 1 or top_h[1] < thr:  # unique maximum: the usual, cheap case
+            return m, arg[:1].cpu().numpy()
         if m == 0.0:  # exact-difference zeros are exact: every candidate ties at 0
             return m, self._torch.nonzero(self.rmin >= thr)[:1].flatten().cpu().numpy()
-        idx = self._torch.nonzero(self.rmin >= thr).flatten()
-        return m, idx.cpu().numpy()
+        return m, self._torch.nonzero(self.rmin >= thr).flatten().cpu().numpy()
 
 
 class _FaissRunningMin:
@@ -202,14 +209,20 @@ class _FaissRunningMin:
         self.atol = 0.0
         if self.res is not None:
             # ||x||² − 2x·c + ||c||² errs by ≈ (d+3)·u·(||x||² + ||c||²) absolute
-            self.atol = 8.0 * (x.shape[1] + 3) * _U32 * float((x.astype(np.float64) ** 2).sum(1).max())
+            self.atol = (
+                8.0 * (x.shape[1] + 3) * _U32 * float((x.astype(np.float64) ** 2).sum(1).max())
+            )
 
     def update(self, j: int) -> None:
         if self.res is None:
             sp = self.faiss.swig_ptr
-            self.faiss.fvec_L2sqr_ny(sp(self.buf), sp(self.x[j]), sp(self.x), self.x.shape[1], self.x.shape[0])
+            self.faiss.fvec_L2sqr_ny(
+                sp(self.buf), sp(self.x[j]), sp(self.x), self.x.shape[1], self.x.shape[0]
+            )
         else:
-            self.buf[:] = np.maximum(self.faiss.pairwise_distance_gpu(self.res, self.x[j : j + 1], self.x)[0], 0)
+            self.buf[:] = np.maximum(
+                self.faiss.pairwise_distance_gpu(self.res, self.x[j : j + 1], self.x)[0], 0
+            )
         np.minimum(self.rmin, self.buf, out=self.rmin)
 
     def exclude(self, idx: np.ndarray) -> None:
@@ -222,15 +235,15 @@ class _FaissRunningMin:
         return m, cand[:1] if m == 0.0 and self.atol == 0.0 else cand
 
 
-def _exact_pick(x64: np.ndarray, cand: np.ndarray, centres: list[int]) -> int:
+def _exact_pick(x: np.ndarray, cand: np.ndarray, centres: list[int]) -> int:
     """Among candidates, the one farthest (float64) from its nearest centre; lowest index on ties."""
     c = np.asarray(centres, dtype=np.int64)
+    q = x[cand].astype(np.float64)
     best = np.full(len(cand), np.inf)
-    step = max(1, _BLOCK_ELEMS // max(1, len(cand) * x64.shape[1]))
+    step = max(1, _BLOCK_ELEMS // max(1, len(cand) * x.shape[1]))
     for s in range(0, len(c), step):
-        block = x64[c[s : s + step]]
-        d = ((x64[cand][:, None, :] - block[None, :, :]) ** 2).sum(-1)
-        np.minimum(best, d.min(1), out=best)
+        block = x[c[s : s + step]].astype(np.float64)
+        np.minimum(best, ((q[:, None, :] - block[None, :, :]) ** 2).sum(-1).min(1), out=best)
     return int(cand[int(np.argmax(best))])  # argmax: first (lowest-index) maximum
 
 
@@ -390,7 +403,6 @@ def k_center_greedy(
         return np.empty(0, dtype=np.int64)
 
     state = SEARCH_BACKENDS.get(name)().running_min(x)
-    x64 = x.astype(np.float64)
     centres = [int(i) for i in np.flatnonzero(mask)]
     picks: list[int] = []
     if not centres:
@@ -405,7 +417,7 @@ def k_center_greedy(
         state.exclude(np.asarray(centres))
     while len(picks) < budget:
         m, cand = state.candidates()
-        j = int(cand[0]) if len(cand) == 1 else _exact_pick(x64, cand, centres)
+        j = int(cand[0]) if len(cand) == 1 else _exact_pick(x, cand, centres)
         picks.append(j)
         centres.append(j)
         state.update(j)

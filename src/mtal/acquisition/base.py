@@ -148,7 +148,9 @@ class Strategy(ABC):
     # -- public API -----------------------------------------------------------------
     def rng(self, ctx: AcquisitionContext) -> np.random.Generator:
         """The strategy's own generator, a pure function of (seed, cycle, name)."""
-        return np.random.default_rng([int(ctx.seed), int(ctx.cycle), zlib.crc32(self.name.encode())])
+        return np.random.default_rng(
+            [int(ctx.seed), int(ctx.cycle), zlib.crc32(self.name.encode())]
+        )
 
     def select(self, ctx: AcquisitionContext, budget: int) -> Selection:
         """Buy ``budget`` labels (image/task pairs) from the pool of ``ctx``."""
@@ -171,7 +173,9 @@ class Strategy(ABC):
     # -- budget -----------------------------------------------------------------------
     def _units(self, ctx: AcquisitionContext, budget: int) -> int:
         if int(budget) != budget or budget < 0:
-            raise ValueError(f"strategy {self.name!r}: budget must be a label count >= 0, got {budget}")
+            raise ValueError(
+                f"strategy {self.name!r}: budget must be a label count >= 0, got {budget}"
+            )
         budget = int(budget)
         k = len(ctx.tasks)
         if self.granularity == "image":

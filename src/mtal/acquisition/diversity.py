@@ -109,7 +109,9 @@ def _batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor
     return list(torch.randperm(n, generator=gen).split(batch_size))
 
 
-def _labelled_bce(logits: torch.Tensor, is_labelled: torch.Tensor, pos_weight: float) -> torch.Tensor:
+def _labelled_bce(
+    logits: torch.Tensor, is_labelled: torch.Tensor, pos_weight: float
+) -> torch.Tensor:
     """BCE with labelled samples up-weighted so both classes weigh the same overall."""
     weight = torch.where(is_labelled > 0.5, pos_weight, 1.0)
     return F.binary_cross_entropy_with_logits(logits, is_labelled, weight=weight)

@@ -39,8 +39,11 @@ class PartAL(Strategy):
             raise ValueError(f"partal: mc_samples must be >= 2 for MC-dropout, got {mc_samples}")
         self.mc_samples = int(mc_samples)
 
-    def uncertainties(self, ctx: AcquisitionContext, images: np.ndarray) -> np.ndarray:
-        """Raw per-task MC uncertainty ``u_k`` of ``images`` → n×K (float64)."""
+    def uncertainties(
+        self, ctx: AcquisitionContext, images: np.ndarray, seed: int | None = None
+    ) -> np.ndarray:
+        """Raw per-task MC uncertainty ``u_k`` of ``images`` → n×K (float64); ``seed``
+        fixes the dropout masks."""
         names = list(ctx.tasks)
         s = self.mc_samples
 
@@ -61,7 +64,7 @@ class PartAL(Strategy):
                 cols.append(ctx.tasks[name].mc_uncertainty(raw.reshape(s, b, *raw.shape[1:])))
             return {"u": torch.stack(cols, dim=1)}
 
-        got = stream_summaries(ctx, images, summarise, with_labels=True)
+        got = stream_summaries(ctx, images, summarise, with_labels=True, seed=seed)
         return got["u"].numpy().astype(np.float64)
 
     def normaliser(
@@ -88,7 +91,7 @@ class PartAL(Strategy):
 
     def acquire(self, ctx: AcquisitionContext, count: int, rng: np.random.Generator) -> Selection:
         images = np.asarray(ctx.pool.partially_unlabelled_images(), dtype=np.int64)
-        u = self.uncertainties(ctx, images)
+        u = self.uncertainties(ctx, images, seed=int(rng.integers(2**31 - 1)))
         unlabelled = ~np.asarray(ctx.pool.labelled, dtype=bool)[images]
         lo, hi = self.normaliser(ctx, u, unlabelled)
         span = np.where(hi > lo, hi - lo, 1.0)

@@ -101,9 +101,19 @@ class RankBased(Strategy):
                     cols.append(ctx.tasks[name].mc_uncertainty(raw.reshape(s, b, *raw.shape[1:])))
             return {"uncertainty": torch.stack(cols, dim=1)}
 
-        u = stream_summaries(ctx, unl, summarise)["uncertainty"].numpy().astype(np.float64)
+        seed = int(rng.integers(2**31 - 1))
+        u = (
+            stream_summaries(ctx, unl, summarise, seed=seed)["uncertainty"]
+            .numpy()
+            .astype(np.float64)
+        )
         ranks = average_ranks(u)
         return self.image_selection(
-            ctx, unl, ranks.sum(axis=1), count, rng, task_scores=u,
+            ctx,
+            unl,
+            ranks.sum(axis=1),
+            count,
+            rng,
+            task_scores=u,
             diagnostics={"mc_samples": s},
         )

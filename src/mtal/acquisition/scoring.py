@@ -35,6 +35,25 @@ def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
             module.train(training)
 
 
+@contextlib.contextmanager
+def seeded_torch(seed: int | None, device: torch.device | str = "cpu") -> Iterator[None]:
+    """Run the block with torch's RNG (CPU, and ``device`` if CUDA) seeded by ``seed``
+    and restore the global RNG state afterwards (MC-dropout masks become reproducible
+    without disturbing training randomness). ``None`` leaves the RNG untouched."""
+    if seed is None:
+        yield
+        return
+    dev = torch.device(device)
+    cuda = (
+        [dev.index if dev.index is not None else torch.cuda.current_device()]
+        if (dev.type == "cuda")
+        else []
+    )
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        yield
+
+
 def to_device(obj: Any, device: torch.device | str) -> Any:
     """Move tensors nested in dicts/lists/tuples to ``device``."""
     if isinstance(obj, torch.Tensor):
@@ -53,20 +72,22 @@ def stream_summaries(
     *,
     with_labels: bool = False,
     max_values_per_sample: int = MAX_VALUES_PER_SAMPLE,
+    seed: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Run ``summarise(batch)`` over ``datamodule.pool_loader(indices)`` in inference mode.
 
     ``summarise`` gets a batch already on ``ctx.device`` and returns named per-sample
     tensors ``[B, ...]``; they are moved to CPU at once and concatenated. Rows of the
     result follow the order of ``indices``. The model is in eval mode during the pass and
-    gets its previous mode back afterwards.
+    gets its previous mode back afterwards. ``seed`` seeds torch's RNG for the pass
+    (MC dropout) without disturbing the global state.
     """
     indices = np.asarray(indices, dtype=np.int64)
     if indices.size == 0:
         return {}
     chunks: dict[str, list[torch.Tensor]] = {}
     seen: list[torch.Tensor] = []
-    with eval_mode(ctx.model), torch.inference_mode():
+    with eval_mode(ctx.model), seeded_torch(seed, ctx.device), torch.inference_mode():
         for batch in ctx.datamodule.pool_loader(indices, with_labels=with_labels):
             batch = to_device(batch, ctx.device)
             size = int(batch["index"].shape[0])
@@ -94,7 +115,8 @@ def stream_summaries(
             f"(missing e.g. {missing[:5]}); ActiveDataModule.pool_loader must yield each index once"
         )
     order = torch.as_tensor([position[int(i)] for i in indices], dtype=torch.int64)
-    return {key: torch.cat(parts)[order] for key, parts in chunks.items()}
+    # plain (non-inference) tensors, so callers may train on them (MTAL's auto-encoder)
+    return {key: torch.cat(parts)[order].clone() for key, parts in chunks.items()}
 
 
 def forward(ctx: AcquisitionContext, batch: Mapping[str, Any], **kwargs: Any) -> Any:

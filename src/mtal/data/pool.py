@@ -60,7 +60,9 @@ class LabelPool:
         try:
             return self.tasks.index(task)
         except ValueError:
-            raise KeyError(f"task {task!r} is not in the pool; pool tasks: {list(self.tasks)}") from None
+            raise KeyError(
+                f"task {task!r} is not in the pool; pool tasks: {list(self.tasks)}"
+            ) from None
 
     def __repr__(self) -> str:
         return (
@@ -79,11 +81,15 @@ class LabelPool:
         n = self.num_images
         if fraction is not None:
             if not 0.0 < float(fraction) <= 1.0:
-                raise ValueError(f"LabelPool.initialise: fraction must be in (0, 1], got {fraction}")
+                raise ValueError(
+                    f"LabelPool.initialise: fraction must be in (0, 1], got {fraction}"
+                )
             count = max(1, int(round(float(fraction) * n)))
         assert count is not None
         if not 0 < int(count) <= n:
-            raise ValueError(f"LabelPool.initialise: count must be in [1, {n}] (pool size), got {count}")
+            raise ValueError(
+                f"LabelPool.initialise: count must be in [1, {n}] (pool size), got {count}"
+            )
         if self.labelled.any():
             raise ValueError(
                 f"LabelPool.initialise: the pool already holds {self.num_labels} labels; "
@@ -272,7 +278,9 @@ class LabelPool:
             if value.size == 0:
                 value = value.reshape(shape)
             if value.shape != shape:
-                raise ValueError(f"LabelPool state field {name!r} has shape {value.shape}, expected {shape}")
+                raise ValueError(
+                    f"LabelPool state field {name!r} has shape {value.shape}, expected {shape}"
+                )
         bad = arrays["labelled"] != (arrays["cycle"] >= 0)
         if bad.any():
             i, t = (int(v) for v in np.argwhere(bad)[0])
@@ -334,12 +342,16 @@ class LabelPool:
     def _as_matrix(values: Any, shape: tuple[int, int], what: str) -> np.ndarray:
         arr = np.asarray(values, dtype=np.float32)
         if arr.shape != shape:
-            raise ValueError(f"LabelPool: {what} must have shape {shape} (images × tasks), got {arr.shape}")
+            raise ValueError(
+                f"LabelPool: {what} must have shape {shape} (images × tasks), got {arr.shape}"
+            )
         return arr
 
     @staticmethod
     def _as_vector(values: Any, m: int, what: str) -> np.ndarray:
         arr = np.asarray(values, dtype=np.float32)
         if arr.shape != (m,):
-            raise ValueError(f"LabelPool: {what} must have shape ({m},) (one per pair), got {arr.shape}")
+            raise ValueError(
+                f"LabelPool: {what} must have shape ({m},) (one per pair), got {arr.shape}"
+            )
         return arr

@@ -10,7 +10,10 @@ Choices (documented, and options where it matters):
 
 - Label maps **and depth and normals** are resized with nearest-neighbour
   interpolation, so an invalid depth of 0 is never blended into its valid neighbours
-  and normals stay unit vectors. The image uses bilinear interpolation.
+  and normals stay unit vectors. It is OpenCV's pixel-centre-aligned
+  ``INTER_NEAREST_EXACT``: plain ``INTER_NEAREST`` is shifted by up to half a source
+  pixel against the bilinear image, which misaligns labels and image after a rescale.
+  The image uses bilinear interpolation.
 - Pixels created by padding carry each target's ignore value: 255 for label maps,
   0 for depth and the zero vector for normals (the image is padded with 0).
 - The horizontal flip is applied by this module (not by albumentations) with a seeded
@@ -116,7 +119,9 @@ class DenseTransform:
         if self.size is not None and min(self.size) <= 0:
             raise ValueError(f"DenseTransform: size must be positive (H, W), got {size}")
         if not 0 < scale[0] <= scale[1]:
-            raise ValueError(f"DenseTransform: scale must be (low, high) with 0 < low <= high, got {scale}")
+            raise ValueError(
+                f"DenseTransform: scale must be (low, high) with 0 < low <= high, got {scale}"
+            )
         if not 0.0 <= flip_prob <= 1.0:
             raise ValueError(f"DenseTransform: flip_prob must be in [0, 1], got {flip_prob}")
         self.train = bool(train)
@@ -140,13 +145,20 @@ class DenseTransform:
         ops: list[Any] = []
         if self.train:
             if self.base_resize and self.size is not None:
-                ops.append(A.Resize(h, w, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST))
+                ops.append(
+                    A.Resize(
+                        h,
+                        w,
+                        interpolation=cv2.INTER_LINEAR,
+                        mask_interpolation=cv2.INTER_NEAREST_EXACT,
+                    )
+                )
             if self.scale != (1.0, 1.0):
                 ops.append(
                     A.RandomScale(
                         scale_limit=(self.scale[0] - 1.0, self.scale[1] - 1.0),
                         interpolation=cv2.INTER_LINEAR,
-                        mask_interpolation=cv2.INTER_NEAREST,
+                        mask_interpolation=cv2.INTER_NEAREST_EXACT,
                         p=1.0,
                     )
                 )
@@ -162,7 +174,11 @@ class DenseTransform:
             )
             ops.append(A.RandomCrop(h, w))
         else:
-            ops.append(A.Resize(h, w, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST))
+            ops.append(
+                A.Resize(
+                    h, w, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST_EXACT
+                )
+            )
         bbox_params = (
             A.BboxParams(format="pascal_voc", label_fields=["box_labels"], clip=True)
             if boxes
@@ -172,7 +188,7 @@ class DenseTransform:
             ops,
             bbox_params=bbox_params,
             additional_targets={k: "mask" for k in keys},
-            mask_interpolation=cv2.INTER_NEAREST,
+            mask_interpolation=cv2.INTER_NEAREST_EXACT,
         )
         self._pipelines[cache_key] = pipeline
         return pipeline
@@ -246,7 +262,10 @@ def empty_box_target() -> dict[str, torch.Tensor]:
     """The "no label" detection target: zero boxes."""
     import torch
 
-    return {"boxes": torch.zeros((0, 4), dtype=torch.float32), "labels": torch.zeros(0, dtype=torch.int64)}
+    return {
+        "boxes": torch.zeros((0, 4), dtype=torch.float32),
+        "labels": torch.zeros(0, dtype=torch.int64),
+    }
 
 
 def to_tensors(sample: Mapping[str, Any], tasks: Mapping[str, Task]) -> dict[str, Any]:

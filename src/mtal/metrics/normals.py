@@ -45,7 +45,8 @@ class NormalsMetrics(Metric):
             self.add_state(name, default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
         self.add_state(
-            "below", default=torch.zeros(len(PCT_THRESHOLDS), dtype=torch.long),
+            "below",
+            default=torch.zeros(len(PCT_THRESHOLDS), dtype=torch.long),
             dist_reduce_fx="sum",
         )
 

@@ -167,13 +167,16 @@ class Encoder(nn.Module):
 
     @property
     def level_channels(self) -> list[int]:
+        """Channels of the backbone levels (reductions >= 4), as fed to LL4AL."""
         return list(self.backbone.channels)
 
     @property
     def embedding_dim(self) -> int:
+        """D of the pooled embedding (channels of the coarsest level)."""
         return self.backbone.channels[-1]
 
     def forward(self, image: Tensor) -> EncoderOutput:
+        """Fused B×out_channels×ceil(H/4)×ceil(W/4) map, raw levels and pooled embedding."""
         h, w = image.shape[-2:]
         pad_h, pad_w = (-h) % self.stride, (-w) % self.stride
         if pad_h or pad_w:

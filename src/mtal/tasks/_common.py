@@ -309,4 +309,3 @@ class BinaryTask(OptionsTask):
         p = raw_samples.sigmoid().mean(0).squeeze(1)
         entropy = -(torch.special.xlogy(p, p) + torch.special.xlogy(1.0 - p, 1.0 - p))
         return entropy.flatten(1).mean(1)
-

@@ -60,9 +60,7 @@ class NormalsTask(OptionsTask):
     def target_from_numpy(self, array: np.ndarray) -> torch.Tensor:
         arr = as_array(array, self.name)
         if arr.ndim != 3 or arr.shape[-1] != 3:
-            raise ValueError(
-                f"task 'normals': expected an H×W×3 normal map, got shape {arr.shape}"
-            )
+            raise ValueError(f"task 'normals': expected an H×W×3 normal map, got shape {arr.shape}")
         out = torch.from_numpy(arr.astype(np.float32, copy=True)).permute(2, 0, 1)
         out = torch.where(torch.isfinite(out), out, torch.zeros_like(out))
         return out.contiguous()

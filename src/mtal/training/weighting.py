@@ -72,7 +72,9 @@ class LossWeighting(nn.Module):
 
     def _stack(self, losses: Mapping[str, Tensor]) -> Tensor:
         """The losses as a K-vector in ``task_names`` order (checks the keys)."""
-        _check_task_dict(losses, self.task_names, "losses passed to the weighting", require_all=True)
+        _check_task_dict(
+            losses, self.task_names, "losses passed to the weighting", require_all=True
+        )
         return torch.stack([losses[t].reshape(()) for t in self.task_names])
 
     def _as_dict(self, values: Tensor) -> dict[str, float]:
@@ -86,7 +88,9 @@ class LossWeighting(nn.Module):
 class FixedWeighting(LossWeighting):
     """Σ_k w_k·L_k with constant per-task weights from the config (missing tasks: 1)."""
 
-    def __init__(self, task_names: Sequence[str], weights: Mapping[str, float] | None = None) -> None:
+    def __init__(
+        self, task_names: Sequence[str], weights: Mapping[str, float] | None = None
+    ) -> None:
         super().__init__(task_names)
         weights = dict(weights or {})
         _check_task_dict(weights, self.task_names, "fixed weighting 'weights'", require_all=False)
@@ -134,7 +138,9 @@ class DynamicWeightAverage(LossWeighting):
         base = dict(base_weights or {})
         _check_task_dict(base, self.task_names, "dwa 'base_weights'", require_all=False)
         k = len(self.task_names)
-        self.register_buffer("base_weights", torch.tensor([float(base.get(t, 1.0)) for t in self.task_names]))
+        self.register_buffer(
+            "base_weights", torch.tensor([float(base.get(t, 1.0)) for t in self.task_names])
+        )
         # mean losses of the last two epochs: row 0 = t−2, row 1 = t−1
         self.register_buffer("history", torch.full((2, k), float("nan")))
         self.register_buffer("epochs_seen", torch.zeros((), dtype=torch.long))
@@ -238,10 +244,12 @@ class GradNorm(LossWeighting):
         self, losses: Mapping[str, Tensor], *, shared_parameters: Sequence[Tensor] | None = None
     ) -> tuple[Tensor, dict[str, float]]:
         vec = self._stack(losses)
-        w = self.task_weights.detach().to(vec.dtype)
+        w = self.task_weights.detach().clone().to(vec.dtype)
         return (w * vec).sum(), self._as_dict(w)
 
-    def gradnorm_step(self, losses: Mapping[str, Tensor], shared_parameters: Sequence[Tensor]) -> Tensor:
+    def gradnorm_step(
+        self, losses: Mapping[str, Tensor], shared_parameters: Sequence[Tensor]
+    ) -> Tensor:
         """L_grad for this step (differentiable w.r.t. ``task_weights``); records L_k(0)."""
         params = [p for p in shared_parameters if p.requires_grad]
         if not params:
@@ -252,7 +260,9 @@ class GradNorm(LossWeighting):
         vec = self._stack(losses)
         with torch.no_grad():
             fresh = torch.isnan(self.initial_losses) & (vec.detach() > 0)
-            self.initial_losses.copy_(torch.where(fresh, vec.detach().to(self.initial_losses), self.initial_losses))
+            self.initial_losses.copy_(
+                torch.where(fresh, vec.detach().to(self.initial_losses), self.initial_losses)
+            )
         active = [
             i
             for i in range(len(self.task_names))

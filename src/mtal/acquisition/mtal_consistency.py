@@ -1,0 +1,266 @@
+"""MTAL (Hekimoglu et al., WACV 2024): task inconsistency × feature diversity."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from mtal.acquisition import STRATEGIES
+from mtal.acquisition.base import AcquisitionContext, Selection, Strategy, minmax
+from mtal.acquisition.diversity import (
+    DiversityConfig,
+    encode_all,
+    labelled_probability,
+    pooled_task_features,
+    standardise,
+    train_autoencoder,
+    train_discriminator,
+)
+from mtal.acquisition.scoring import forward, labelled_features, stream_summaries
+
+#: diversity(strategy, ctx, feats_unlabelled, feats_labelled, channels, seed) -> [n_unlabelled]
+#: feats are standardised ``[n, ΣC_t, g, g]``; ``channels`` the per-task channel counts
+DiversityFn = Callable[
+    ["MTALStrategy", AcquisitionContext, torch.Tensor, torch.Tensor, list[int], int], np.ndarray
+]
+
+
+def _nearest(queries: torch.Tensor, keys: torch.Tensor) -> np.ndarray:
+    from mtal.search import nearest_distance
+
+    q = np.ascontiguousarray(queries.flatten(1).numpy(), dtype=np.float32)
+    k = np.ascontiguousarray(keys.flatten(1).numpy(), dtype=np.float32)
+    return np.asarray(nearest_distance(q, k), dtype=np.float64).reshape(-1)
+
+
+def ae_distance(
+    strat: MTALStrategy,
+    ctx: AcquisitionContext,
+    f_unl: torch.Tensor,
+    f_lab: torch.Tensor,
+    channels: list[int],
+    seed: int,
+) -> np.ndarray:
+    """``div(x) = min_{l∈L} ‖z(x) − z(l)‖₂`` with ``z`` the auto-encoder code, the AE
+    trained on labelled + unlabelled features."""
+    cfg = strat.diversity_config
+    ae, _, hist = train_autoencoder(torch.cat([f_lab, f_unl]), cfg, seed, ctx.device)
+    strat.last_diagnostics["ae_loss"] = hist
+    z_unl = encode_all(ae, f_unl, cfg.batch_size, ctx.device)
+    z_lab = encode_all(ae, f_lab, cfg.batch_size, ctx.device)
+    return _nearest(z_unl, z_lab)
+
+
+def maxst_distance(
+    strat: MTALStrategy,
+    ctx: AcquisitionContext,
+    f_unl: torch.Tensor,
+    f_lab: torch.Tensor,
+    channels: list[int],
+    seed: int,
+) -> np.ndarray:
+    """Max-ST: per task t, ``div_t(x)`` = distance of x's (standardised, pooled) task-t
+    features to the nearest labelled image's, min–max normalised over the candidates;
+    ``div(x) = max_t div_t(x)`` (no auto-encoder)."""
+    per_task = []
+    start = 0
+    for c in channels:
+        per_task.append(_nearest(f_unl[:, start : start + c], f_lab[:, start : start + c]))
+        start += c
+    return minmax(np.stack(per_task, axis=1), axis=0).max(axis=1)
+
+
+def vaal_score(
+    strat: MTALStrategy,
+    ctx: AcquisitionContext,
+    f_unl: torch.Tensor,
+    f_lab: torch.Tensor,
+    channels: list[int],
+    seed: int,
+) -> np.ndarray:
+    """VAAL-style: AE trained by reconstruction, then a discriminator on its frozen codes
+    learns labelled vs unlabelled; ``div(x) = 1 − D(z(x))``."""
+    cfg = strat.diversity_config
+    ae, _, hist = train_autoencoder(torch.cat([f_lab, f_unl]), cfg, seed, ctx.device)
+    codes = encode_all(ae, torch.cat([f_lab, f_unl]), cfg.batch_size, ctx.device)
+    is_lab = torch.cat([torch.ones(len(f_lab)), torch.zeros(len(f_unl))])
+    disc, d_hist = train_discriminator(codes, is_lab, cfg, seed + 1, ctx.device)
+    strat.last_diagnostics.update(ae_loss=hist, disc_loss=d_hist)
+    return 1.0 - labelled_probability(disc, codes[len(f_lab) :], cfg.batch_size, ctx.device).numpy()
+
+
+def ae_disc_score(
+    strat: MTALStrategy,
+    ctx: AcquisitionContext,
+    f_unl: torch.Tensor,
+    f_lab: torch.Tensor,
+    channels: list[int],
+    seed: int,
+) -> np.ndarray:
+    """AE + discriminator loss: AE and discriminator trained jointly (reconstruction +
+    ``adv_weight`` × adversarial loss, VAAL's game); ``div(x) = 1 − D(z(x))``."""
+    cfg = strat.diversity_config
+    feats = torch.cat([f_lab, f_unl])
+    is_lab = torch.cat([torch.ones(len(f_lab)), torch.zeros(len(f_unl))])
+    ae, disc, hist = train_autoencoder(feats, cfg, seed, ctx.device, is_labelled=is_lab)
+    assert disc is not None
+    strat.last_diagnostics["ae_loss"] = hist
+    codes = encode_all(ae, f_unl, cfg.batch_size, ctx.device)
+    return 1.0 - labelled_probability(disc, codes, cfg.batch_size, ctx.device).numpy()
+
+
+#: variant -> (uses inconsistency, diversity function or None)
+VARIANTS: dict[str, tuple[bool, DiversityFn | None]] = {
+    "full": (True, ae_distance),
+    "inconsistency": (True, None),
+    "diversity": (False, ae_distance),
+    "maxst": (True, maxst_distance),
+    "vaal": (True, vaal_score),
+    "ae_disc": (True, ae_disc_score),
+}
+
+
+@STRATEGIES.register("mtal")
+class MTALStrategy(Strategy):
+    """Task-consistency × diversity selection of whole images.
+
+    - inconsistency ``ŝ_k(x) = max_{j≠k} L_k(ŷ_k(x), ŷ_kj(x))``: ``ŷ_k`` the final
+      prediction, ``ŷ_kj`` the committee members of task k (``committee`` 1/2/3 = pairs,
+      + triplets, + quadruples: C5/C11/C15), ``L_k = Task.discrepancy(ŷ_k, ŷ_kj)`` (the
+      member is turned into the target); the "initial" member joins the max only with
+      ``include_initial=True``;
+    - ``s_k = (ŝ_k − min ŝ_k) / (max ŝ_k − min ŝ_k)`` over the scored candidates (0 when
+      constant);
+    - ``div(x)`` = distance of x's auto-encoder code to the nearest labelled code; the AE
+      is trained at every select on the pooled (``feature_pool``²), standardised,
+      concatenated task features of labelled + unlabelled images; ``div = 1`` when
+      nothing is labelled;
+    - ``s(x) = div(x) · max_k s_k(x)``; buy the top ``budget // K``; weights = their s_k.
+
+    ``variant``: ``full``; ``inconsistency`` (``max_k s_k``); ``diversity`` (``div``, no
+    weights); ``maxst``, ``vaal``, ``ae_disc`` replace ``div`` (see those functions).
+    """
+
+    name = "mtal"
+    granularity = "image"
+
+    def __init__(
+        self,
+        variant: str = "full",
+        committee: int = 1,
+        include_initial: bool = False,
+        feature_pool: int = 4,
+        code_dim: int = 512,
+        ae_hidden: int = 64,
+        ae_epochs: int = 20,
+        disc_epochs: int = 20,
+        ae_batch_size: int = 64,
+        ae_lr: float = 1e-3,
+        adv_weight: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if variant not in VARIANTS:
+            raise ValueError(f"mtal: variant={variant!r}; expected one of {sorted(VARIANTS)}")
+        if committee not in (1, 2, 3):
+            raise ValueError(
+                f"mtal: committee={committee}; expected 1 (pairs, C5), 2 (+triplets, C11) "
+                "or 3 (+quadruples, C15)"
+            )
+        if feature_pool < 1:
+            raise ValueError(f"mtal: feature_pool must be >= 1, got {feature_pool}")
+        self.variant = variant
+        self.committee = committee
+        self.include_initial = include_initial
+        self.feature_pool = feature_pool
+        self.diversity_config = DiversityConfig(
+            code_dim=code_dim,
+            hidden=ae_hidden,
+            epochs=ae_epochs,
+            disc_epochs=disc_epochs,
+            batch_size=ae_batch_size,
+            lr=ae_lr,
+            adv_weight=adv_weight,
+        )
+        self.last_diagnostics: dict[str, Any] = {}
+
+    def inconsistency(self, ctx: AcquisitionContext, out: Any) -> torch.Tensor:
+        """Raw ``ŝ_k`` of a batch → ``[B, K]`` from a committee forward's output."""
+        if out.committee is None:
+            raise ValueError("mtal: the model returned no committee; it must support committee>0")
+        cols = []
+        for name, task in ctx.tasks.items():
+            members = {
+                m: raw
+                for m, raw in out.committee[name].items()
+                if self.include_initial or m != "initial"
+            }
+            if not members:
+                raise ValueError(f"mtal: the committee of task {name!r} has no members")
+            final = out.final[name]
+            d = torch.stack([task.discrepancy(final, raw) for raw in members.values()], dim=0)
+            cols.append(d.max(dim=0).values)
+        return torch.stack(cols, dim=1)
+
+    def acquire(self, ctx: AcquisitionContext, count: int, rng: np.random.Generator) -> Selection:
+        use_incons, diversity = VARIANTS[self.variant]
+        names = list(ctx.tasks)
+        grid = self.feature_pool
+        channels: list[int] = []
+        self.last_diagnostics = {"variant": self.variant}
+
+        def features_of(out: Any) -> torch.Tensor:
+            if out.task_features is None:
+                raise ValueError("mtal: the model returned no task_features")
+            if not channels:
+                channels.extend(int(out.task_features[n].shape[1]) for n in names)
+            return pooled_task_features(out.task_features, names, grid)
+
+        def summarise_unl(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+            out = forward(ctx, batch, committee=self.committee if use_incons else 0)
+            res = {}
+            if use_incons:
+                res["incons"] = self.inconsistency(ctx, out)
+            if diversity is not None:
+                res["feat"] = features_of(out)
+            return res
+
+        def summarise_lab(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+            return {"feat": features_of(forward(ctx, batch))}
+
+        unl = np.asarray(ctx.pool.unlabelled_images(), dtype=np.int64)
+        lab = np.asarray(ctx.pool.labelled_images(), dtype=np.int64)
+        got = stream_summaries(ctx, unl, summarise_unl)
+        score = np.ones(len(unl))
+        s_k = None
+        if use_incons:
+            raw = got["incons"].numpy().astype(np.float64)
+            s_k = minmax(raw, axis=0)
+            score = score * s_k.max(axis=1)
+            self.last_diagnostics["raw_inconsistency_range"] = [
+                raw.min(axis=0).tolist(),
+                raw.max(axis=0).tolist(),
+            ]
+        if diversity is not None:
+            div = np.ones(len(unl))
+            if len(lab):
+                f_lab = labelled_features(ctx, lab, summarise_lab, "feat")
+                feats = torch.cat([f_lab, got["feat"]]).view(len(lab) + len(unl), -1, grid, grid)
+                feats = standardise(feats)
+                seed = int(rng.integers(2**31 - 2))
+                div = diversity(self, ctx, feats[len(lab) :], feats[: len(lab)], channels, seed)
+            score = score * div
+            self.last_diagnostics["diversity_range"] = [float(div.min()), float(div.max())]
+        return self.image_selection(
+            ctx,
+            unl,
+            score,
+            count,
+            rng,
+            task_scores=s_k,
+            weights=s_k,
+            diagnostics=dict(self.last_diagnostics),
+        )

@@ -1,0 +1,516 @@
+"""Acquisition scores against hand-computed references, on a fake model with known outputs.
+
+The fake model reads each image's pool index from pixel (0, 0, 0) and returns preset
+constant maps, so every score can be computed by hand (or by independent numpy code).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mtal.acquisition import create_strategy
+from mtal.acquisition import mtal_consistency as mc
+from mtal.acquisition.base import AcquisitionContext, minmax
+from mtal.acquisition.diversity import encode_all, train_autoencoder
+from mtal.acquisition.equal import binary_kl, categorical_kl
+from mtal.acquisition.rbal import average_ranks
+from mtal.acquisition.scoring import stream_summaries
+from mtal.data.pool import LabelPool
+from mtal.types import MultiTaskOutput
+
+H = W = 8
+
+
+class FakeTask:
+    """Regression stand-in: discrepancy = mean |a − b|, MC uncertainty = mean variance."""
+
+    kind = "regression"
+
+    def discrepancy(self, raw: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        return (raw - other).abs().flatten(1).mean(1)
+
+    def mc_uncertainty(self, samples: torch.Tensor) -> torch.Tensor:
+        return samples.var(dim=0, unbiased=False).flatten(1).mean(1)
+
+    def hflip(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flip(-1)
+
+
+class FakeDataModule:
+    """pool_loader over images whose pixel (0,0,0) holds the pool index."""
+
+    def __init__(self, pool: LabelPool, batch_size: int = 3, size: int = H) -> None:
+        self.pool = pool
+        self.batch_size = batch_size
+        n = pool.num_images
+        self.images = torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(0))
+        self.images[:, 0, 0, 0] = torch.arange(n, dtype=torch.float32)
+        self.calls: list[bool] = []
+
+    def pool_loader(self, indices: np.ndarray, with_labels: bool = False) -> Iterator[dict]:
+        self.calls.append(with_labels)
+        idx = np.asarray(indices, dtype=np.int64)
+        for start in range(0, len(idx), self.batch_size):
+            chunk = torch.as_tensor(idx[start : start + self.batch_size])
+            mask = (
+                self.pool.labelled[chunk.numpy()]
+                if with_labels
+                else np.zeros((len(chunk), self.pool.num_tasks), bool)
+            )
+            yield {
+                "image": self.images[chunk],
+                "targets": {
+                    t: chunk.float().view(-1, 1, 1, 1).expand(-1, 1, H, H).clone()
+                    for t in self.pool.tasks
+                },
+                "labelled": torch.as_tensor(mask),
+                "weight": torch.ones(len(chunk), self.pool.num_tasks),
+                "index": chunk,
+            }
+
+
+class TableModel(torch.nn.Module):
+    """Returns preset per-image constant maps: final/committee/features/embedding/etc."""
+
+    def __init__(
+        self,
+        final: Mapping[str, np.ndarray],
+        committee: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+        features: Mapping[str, np.ndarray] | None = None,
+        embedding: np.ndarray | None = None,
+        sigma: Mapping[str, np.ndarray] | None = None,
+        big: int = 0,
+    ) -> None:
+        super().__init__()
+        self.drop = torch.nn.Dropout(0.5)
+        self.final = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in final.items()}
+        self.committee = committee
+        self.features = features
+        self.embedding = embedding
+        self.sigma = sigma
+        self.big = big
+        self.calls: list[dict[str, Any]] = []
+        self.outputs: list[weakref.ref] = []
+
+    def _maps(self, values: torch.Tensor, idx: torch.Tensor, size: int) -> torch.Tensor:
+        return values[idx].view(-1, 1, 1, 1).expand(-1, 1, size, size).clone()
+
+    def forward(self, image: torch.Tensor, **kw: Any) -> MultiTaskOutput:
+        self.calls.append({"training": self.training, "batch": image.shape[0], **kw})
+        idx = image[:, 0, 0, 0].round().long()
+        size = image.shape[-1]
+        final = {k: self._maps(v, idx, size) for k, v in self.final.items()}
+        if kw.get("mc_dropout") and self.sigma is not None:
+            b = len(torch.unique(idx))
+            sign = torch.where((torch.arange(len(idx)) // b) % 2 == 0, 1.0, -1.0)
+            for k in final:
+                s = torch.as_tensor(self.sigma[k], dtype=torch.float32)[idx]
+                final[k] = final[k] + (sign * s).view(-1, 1, 1, 1)
+        committee = None
+        if kw.get("committee") and self.committee is not None:
+            committee = {
+                k: {
+                    m: self._maps(torch.as_tensor(v, dtype=torch.float32), idx, size)
+                    for m, v in members.items()
+                }
+                for k, members in self.committee.items()
+            }
+        feats = None
+        if self.features is not None:
+            feats = {
+                k: torch.as_tensor(v, dtype=torch.float32)[idx] for k, v in self.features.items()
+            }
+        emb = (
+            None
+            if self.embedding is None
+            else torch.as_tensor(self.embedding, dtype=torch.float32)[idx]
+        )
+        if self.big:
+            final = {k: v.expand(-1, self.big, -1, -1).clone() for k, v in final.items()}
+        out = MultiTaskOutput(final=final, committee=committee, task_features=feats, embedding=emb)
+        for v in final.values():
+            self.outputs.append(weakref.ref(v))
+        return out
+
+
+def make_ctx(
+    model: torch.nn.Module,
+    n: int,
+    tasks: list[str],
+    labelled: list[int],
+    seed: int = 0,
+    cycle: int = 1,
+    state: dict | None = None,
+) -> AcquisitionContext:
+    pool = LabelPool([f"{i}" for i in range(n)], tasks)
+    if labelled:
+        pool.label_images(labelled, cycle=0)
+    return AcquisitionContext(
+        model=model,
+        tasks={t: FakeTask() for t in tasks},
+        pool=pool,
+        datamodule=FakeDataModule(pool),
+        device="cpu",
+        cycle=cycle,
+        seed=seed,
+        state={} if state is None else state,
+    )
+
+
+# --------------------------------------------------------------------------- MTAL
+
+
+def test_mtal_inconsistency_matches_hand_computation() -> None:
+    # tasks a, b; images 0, 1 labelled; 2..5 unlabelled
+    final = {"a": np.array([0, 0, 1, 2, 3, 4.0]), "b": np.array([0, 0, 5, 5, 5, 5.0])}
+    committee = {
+        "a": {"initial": final["a"] + 99, "b": np.array([0, 0, 1.5, 2, 3.5, 6])},
+        "b": {"initial": final["b"] + 99, "a": np.array([0, 0, 5, 6, 8, 5.5])},
+    }
+    model = TableModel(final, committee)
+    ctx = make_ctx(model, 6, ["a", "b"], [0, 1])
+    sel = create_strategy("mtal", variant="inconsistency", tie_break="index").select(ctx, 4)
+    # ŝ_a = |final − member b| = [.5, 0, .5, 2] → s_a = [.25, 0, .25, 1]
+    # ŝ_b = [0, 1, 3, .5] → s_b = [0, 1/3, 1, 1/6]; max_k s_k = [.25, 1/3, 1, 1]
+    # top 2: images 4 and 5 tie at 1 → lowest index first
+    assert sel.images.tolist() == [4, 5]
+    np.testing.assert_allclose(sel.weights, [[0.25, 1.0], [1.0, 1 / 6]], rtol=1e-6)
+    np.testing.assert_allclose(sel.scores, sel.weights)
+    np.testing.assert_allclose(sel.diagnostics["selected_score"], [1.0, 1.0])
+    assert all(c["committee"] == 1 for c in model.calls)
+    # with the initial member (final + 99) it dominates: every ŝ_k = 99, s_k = 0 everywhere
+    sel = create_strategy(
+        "mtal", variant="inconsistency", include_initial=True, tie_break="index"
+    ).select(ctx, 4)
+    np.testing.assert_allclose(sel.weights, 0.0)
+    assert sel.images.tolist() == [2, 3]
+
+
+def test_mtal_committee_max_over_all_partner_sets() -> None:
+    rng = np.random.default_rng(1)
+    n, names = 7, ["a", "b", "c"]
+    final = {t: rng.normal(size=n) for t in names}
+    committee = {
+        t: {
+            m: rng.normal(size=n)
+            for m in [
+                "initial",
+                *[o for o in names if o != t],
+                "+".join(o for o in names if o != t),
+            ]
+        }
+        for t in names
+    }
+    model = TableModel(final, committee)
+    ctx = make_ctx(model, n, names, [0])
+    sel = create_strategy("mtal", variant="inconsistency", committee=2, tie_break="index").select(
+        ctx, 6
+    )
+    unl = np.arange(1, n)
+    raw = np.stack(
+        [
+            np.max(
+                [np.abs(final[t][unl] - v[unl]) for m, v in committee[t].items() if m != "initial"],
+                axis=0,
+            )
+            for t in names
+        ],
+        axis=1,
+    )
+    lo, hi = raw.min(0), raw.max(0)
+    s_k = (raw - lo) / (hi - lo)
+    order = np.argsort(-s_k.max(1), kind="stable")[:2]
+    assert sel.images.tolist() == unl[order].tolist()
+    np.testing.assert_allclose(sel.weights, s_k[order], rtol=1e-5)
+    assert all(c["committee"] == 2 for c in model.calls if "committee" in c and c["committee"])
+
+
+def test_mtal_full_score_is_diversity_times_max_task_score(monkeypatch) -> None:
+    final = {"a": np.array([0, 0, 1, 2, 3, 4.0]), "b": np.zeros(6)}
+    committee = {
+        "a": {"b": np.array([0, 0, 1.5, 2, 3.5, 6])},
+        "b": {"a": np.array([0, 0, 1, 3, 0, 2.0])},
+    }
+    feats = {t: np.random.default_rng(0).normal(size=(6, 2, 3, 3)) for t in "ab"}
+    model = TableModel(final, committee, features=feats)
+    seen = {}
+
+    def fake_div(strat, ctx, f_unl, f_lab, channels, seed):
+        seen.update(unl=f_unl.shape, lab=f_lab.shape, channels=channels)
+        return np.array([4.0, 1.0, 2.0, 0.5])
+
+    monkeypatch.setitem(mc.VARIANTS, "full", (True, fake_div))
+    ctx = make_ctx(model, 6, ["a", "b"], [0, 1])
+    sel = create_strategy("mtal", feature_pool=2).select(ctx, 2)
+    # s_a = [.25, 0, .25, 1], s_b = [1/3, 1, 0, 2/3] → max = [1/3, 1, .25, 1]
+    # s = div · max = [4/3, 1, .5, .5] → image 2
+    assert sel.images.tolist() == [2]
+    np.testing.assert_allclose(sel.diagnostics["selected_score"], [4 / 3], rtol=1e-6)
+    np.testing.assert_allclose(sel.weights, [[0.25, 1 / 3]], rtol=1e-6)
+    # features: two tasks × 2 channels pooled to 2×2 grid, standardised
+    assert seen == {"unl": (4, 4, 2, 2), "lab": (2, 4, 2, 2), "channels": [2, 2]}
+
+
+def test_mtal_diversity_only_uses_no_committee_and_hook(monkeypatch) -> None:
+    feats = {"a": np.random.default_rng(2).normal(size=(6, 3, 4, 4))}
+    model = TableModel({"a": np.zeros(6)}, None, features=feats)
+    ctx = make_ctx(model, 6, ["a"], [0, 1], seed=3)
+    plain = create_strategy(
+        "mtal", variant="diversity", code_dim=8, ae_hidden=4, ae_epochs=3, feature_pool=2
+    ).select(ctx, 2)
+    assert plain.weights is None and np.isnan(plain.scores).all()
+    assert not any(c.get("committee") for c in model.calls)
+    # the train_features hook replaces the labelled pass and gives the same result
+    asked = []
+
+    def hook(indices):
+        asked.append(indices.tolist())
+        x = torch.as_tensor(feats["a"], dtype=torch.float32)[torch.as_tensor(indices)]
+        return F.adaptive_avg_pool2d(x, 2).flatten(1)
+
+    n_calls = len(model.calls)
+    ctx.train_features = hook
+    hooked = create_strategy(
+        "mtal", variant="diversity", code_dim=8, ae_hidden=4, ae_epochs=3, feature_pool=2
+    ).select(ctx, 2)
+    assert asked == [[0, 1]]
+    assert sum(c["batch"] for c in model.calls[n_calls:]) == 4  # only the unlabelled pass
+    assert hooked.images.tolist() == plain.images.tolist()
+
+
+def test_ae_distance_is_nearest_code_distance_and_ae_learns() -> None:
+    strat = create_strategy("mtal", code_dim=6, ae_hidden=8, ae_epochs=40, ae_batch_size=8)
+    g = torch.Generator().manual_seed(0)
+    # 12-d features on a 2-d subspace: a 6-d code can reconstruct them
+    feats = (torch.randn(20, 2, generator=g) @ torch.randn(2, 12, generator=g)).view(20, 3, 2, 2)
+    ctx = make_ctx(TableModel({"a": np.zeros(1)}), 1, ["a"], [])
+    div = mc.ae_distance(strat, ctx, feats[5:], feats[:5], [3], seed=11)
+    ae, _, hist = train_autoencoder(torch.cat([feats[:5], feats[5:]]), strat.diversity_config, 11)
+    codes = encode_all(ae, feats, 8, "cpu")
+    ref = torch.cdist(codes[5:].double(), codes[:5].double()).min(dim=1).values.numpy()
+    np.testing.assert_allclose(div, ref, rtol=1e-4, atol=1e-5)
+    assert hist == strat.last_diagnostics["ae_loss"]
+    assert hist[-1] < 0.3 * hist[0]
+
+
+def test_maxst_is_max_of_normalised_per_task_distances() -> None:
+    rng = np.random.default_rng(4)
+    f = torch.as_tensor(rng.normal(size=(9, 5, 1, 1)), dtype=torch.float32)
+    strat = create_strategy("mtal", variant="maxst")
+    ctx = make_ctx(TableModel({"a": np.zeros(1)}), 1, ["a"], [])
+    got = mc.maxst_distance(strat, ctx, f[3:], f[:3], [2, 3], seed=0)
+    x = f.numpy().reshape(9, 5).astype(np.float64)
+    per = []
+    for sl in (slice(0, 2), slice(2, 5)):
+        d = np.sqrt(((x[3:, None, sl] - x[None, :3, sl]) ** 2).sum(-1)).min(1)
+        per.append((d - d.min()) / (d.max() - d.min()))
+    np.testing.assert_allclose(got, np.max(per, axis=0), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("fn", [mc.vaal_score, mc.ae_disc_score])
+def test_discriminator_variants_prefer_samples_unlike_the_labelled(fn) -> None:
+    g = torch.Generator().manual_seed(0)
+    lab = torch.randn(16, 2, 2, 2, generator=g) * 0.3 + 2.0
+    near = torch.randn(16, 2, 2, 2, generator=g) * 0.3 + 2.0
+    far = torch.randn(16, 2, 2, 2, generator=g) * 0.3 - 2.0
+    strat = create_strategy(
+        "mtal", code_dim=8, ae_hidden=8, ae_epochs=30, disc_epochs=60, ae_batch_size=16
+    )
+    ctx = make_ctx(TableModel({"a": np.zeros(1)}), 1, ["a"], [])
+    score = fn(strat, ctx, torch.cat([near, far]), lab, [2], seed=5)
+    assert score.shape == (32,)
+    assert ((score >= 0) & (score <= 1)).all()
+    assert score[16:].mean() > score[:16].mean() + 0.2
+
+
+# --------------------------------------------------------------------------- coreset
+
+
+def brute_force_k_center(x: np.ndarray, labelled: np.ndarray, budget: int) -> list[int]:
+    d = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
+    centres = list(np.flatnonzero(labelled))
+    picks = []
+    for _ in range(budget):
+        nearest = d[:, centres].min(1)
+        nearest[centres] = -1
+        best = int(np.argmax(nearest))
+        picks.append(best)
+        centres.append(best)
+    return picks
+
+
+def test_coreset_equals_brute_force_k_center() -> None:
+    n = 20
+    emb = np.random.default_rng(7).normal(size=(n, 5))
+    labelled = [0, 3, 11, 19]
+    model = TableModel({"a": np.zeros(n), "b": np.zeros(n)}, embedding=emb)
+    ctx = make_ctx(model, n, ["a", "b"], labelled)
+    sel = create_strategy("coreset").select(ctx, 10)
+    mask = np.zeros(n, bool)
+    mask[labelled] = True
+    assert sel.images.tolist() == brute_force_k_center(emb, mask, 5)
+    assert sel.pairs.shape == (10, 2)
+
+
+# --------------------------------------------------------------------------- PartAL
+
+
+def test_partal_normalisation_frozen_after_first_cycle_and_gt_substituted() -> None:
+    n, names = 6, ["a", "b"]
+    sigma0 = {"a": np.array([1, 2, 3, 4, 5, 6.0]), "b": np.array([0.5, 1, 1, 1, 2, 3.0])}
+    model = TableModel({t: np.zeros(n) for t in names}, sigma=sigma0)
+    state: dict = {}
+    ctx = make_ctx(model, n, names, [0], cycle=1, state=state)
+    ctx.pool.label_pairs([[1, 0]], cycle=0)  # image 1 has task a only
+    strat = create_strategy("partal", mc_samples=4, tie_break="index")
+    sel = strat.select(ctx, 3)
+    # u = σ²; unlabelled pairs: a: images 2..5 → [9..36]; b: images 1..5 → [1, 1, 1, 4, 9]
+    assert state["partal"]["min"] == [9.0, 1.0] and state["partal"]["max"] == [36.0, 9.0]
+    # normalised a: (u−9)/27 = [0, 7/27, 16/27, 1]; b: (u−1)/8 = [0,0,0,3/8,1]
+    assert sel.pairs.tolist() == [[5, 0], [5, 1], [4, 0]]
+    assert sel.images.tolist() == [5, 4]
+    np.testing.assert_allclose(sel.scores, [[1, 1], [16 / 27, np.nan]], rtol=1e-6)
+    # ground truth substituted: the labelled mask of the (replicated) batch was passed
+    assert all(c["mc_dropout"] for c in model.calls)
+    assert ctx.datamodule.calls == [True]
+    mask_calls = [c["gt_mask"] for c in model.calls]
+    assert any(bool(m[:, 0].any()) for m in mask_calls)  # image 1's task a
+    assert all(m.shape[0] == c["batch"] for m, c in zip(mask_calls, model.calls))
+    # cycle 2: the network changed (σ doubled); min/max stay those of cycle 1
+    ctx.pool.label_pairs(sel.pairs, cycle=1)
+    model.sigma = {t: 2 * v for t, v in sigma0.items()}
+    ctx2 = AcquisitionContext(
+        model=model,
+        tasks=ctx.tasks,
+        pool=ctx.pool,
+        datamodule=ctx.datamodule,
+        cycle=2,
+        seed=0,
+        state=state,
+    )
+    sel2 = strat.select(ctx2, 1)
+    assert state["partal"]["min"] == [9.0, 1.0] and state["partal"]["max"] == [36.0, 9.0]
+    assert state["partal"]["cycle"] == 1
+    # a: images 2, 3 → u = 4·[9, 16] → [1, 55/27]; b: images 1..4 → [3/8, 3/8, 3/8, 15/8]
+    # (outside [0, 1], as the frozen min/max are those of the cycle-1 network)
+    assert sel2.pairs.tolist() == [[3, 0]]
+    np.testing.assert_allclose(sel2.scores[0, 0], 55 / 27, rtol=1e-6)
+
+
+def test_partal_refuses_state_of_other_tasks() -> None:
+    model = TableModel({"a": np.zeros(4)}, sigma={"a": np.ones(4)})
+    ctx = make_ctx(model, 4, ["a"], [], state={"partal": {"tasks": ["x"], "min": [0], "max": [1]}})
+    with pytest.raises(ValueError, match="frozen for tasks"):
+        create_strategy("partal", mc_samples=2).select(ctx, 1)
+
+
+# --------------------------------------------------------------------------- others
+
+
+def test_ll4al_sums_predicted_losses() -> None:
+    class LossModel(TableModel):
+        def forward(self, image, **kw):
+            out = super().forward(image, **kw)
+            idx = image[:, 0, 0, 0].round().long()
+            out.loss_pred = torch.stack([idx.float() % 3, (5 - idx.float()) * 0.1], 1)
+            return out
+
+    ctx = make_ctx(LossModel({"a": np.zeros(6), "b": np.zeros(6)}), 6, ["a", "b"], [0])
+    sel = create_strategy("ll4al").select(ctx, 4)
+    # sums for images 1..5: 1.4, 2.3, .2, 1.1, 2.0 → 2 then 5
+    assert sel.images.tolist() == [2, 5]
+    np.testing.assert_allclose(sel.scores, [[2, 0.3], [2, 0]], atol=1e-6)
+
+
+def test_flip_divergences_by_hand() -> None:
+    p = torch.tensor([[[[0.0]], [[0.0]]]])  # softmax = (.5, .5)
+    q = torch.tensor([[[[np.log(3.0)]], [[0.0]]]], dtype=torch.float32)  # (.75, .25)
+    expected = 0.5 * np.log(0.5 / 0.75) + 0.5 * np.log(0.5 / 0.25)
+    assert categorical_kl(None, p, q).item() == pytest.approx(expected, rel=1e-5)
+    a = torch.zeros(1, 1, 1, 1)
+    b = torch.full((1, 1, 1, 1), float(np.log(3.0)))  # σ = .75
+    assert binary_kl(None, a, b).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_equal_is_zero_for_an_equivariant_model_and_unflips() -> None:
+    class PixelModel(torch.nn.Module):
+        """Pixelwise (flip-equivariant) map plus an optional column bias."""
+
+        def __init__(self, bias: float) -> None:
+            super().__init__()
+            self.bias = bias
+
+        def forward(self, image, **kw):
+            ramp = torch.linspace(0, 1, image.shape[-1]) * self.bias
+            raw = image[:, 1:2] + ramp
+            return MultiTaskOutput(final={"a": raw, "b": 2 * raw})
+
+    ctx = make_ctx(PixelModel(0.0), 6, ["a", "b"], [0])
+    sel = create_strategy("equal", task="a").select(ctx, 4)
+    np.testing.assert_allclose(sel.scores[:, 0], 0.0, atol=1e-6)
+    assert np.isnan(sel.scores[:, 1]).all()
+    ctx.model = PixelModel(1.0)
+    sel = create_strategy("equal", task="b").select(ctx, 2)
+    # D = mean|2(x + r) − 2(x + flip(r))| = 2·mean|r − flip(r)| = 2·32/56
+    np.testing.assert_allclose(sel.scores[:, 1], 8 / 7, rtol=1e-5)
+    with pytest.raises(ValueError, match="not among the run's tasks"):
+        create_strategy("equal-depth").select(ctx, 2)
+
+
+def test_rbal_ranks_sum() -> None:
+    u = np.array([[0.1, 5.0], [0.3, 1.0], [0.3, 2.0], [0.2, 9.0]])
+    np.testing.assert_allclose(average_ranks(u), [[1, 3], [3.5, 1], [3.5, 2], [2, 4]])
+    sigma = {"a": np.array([0, 0.1, 0.3, 0.3, 0.2]), "b": np.array([0, 5.0, 1, 2, 9])}
+    model = TableModel({"a": np.zeros(5), "b": np.zeros(5)}, sigma=sigma)
+    ctx = make_ctx(model, 5, ["a", "b"], [0])
+    sel = create_strategy("rbal", mc_samples=2, tie_break="index").select(ctx, 2)
+    # rank sums: [4, 4.5, 5.5, 6] → image 4
+    assert sel.images.tolist() == [4]
+    np.testing.assert_allclose(sel.scores, [[0.04, 81]], rtol=1e-5)
+    with pytest.raises(ValueError, match="regression"):
+        create_strategy("rbal", mc_samples=1).select(ctx, 2)
+
+
+def test_minmax_constant_column_is_zero() -> None:
+    np.testing.assert_allclose(minmax(np.array([[1.0, 2], [3, 2]])), [[0, 0], [1, 0]])
+
+
+# --------------------------------------------------------------------------- scoring pass
+
+
+def test_scoring_keeps_only_summaries_and_restores_mode() -> None:
+    n = 12
+    model = TableModel({"a": np.arange(n, dtype=float)}, big=64)
+    model.train()
+    model.drop.eval()  # a mixed-mode module tree must come back exactly
+    ctx = make_ctx(model, n, ["a"], [])
+    alive_at_call = []
+
+    def summarise(batch):
+        alive_at_call.append(sum(r() is not None for r in model.outputs))
+        out = model(batch["image"])
+        return {"mean": out.final["a"].mean(dim=(1, 2, 3)).unsqueeze(1)}
+
+    idx = np.array([5, 2, 9, 0, 11, 7, 1])
+    got = stream_summaries(ctx, idx, summarise)
+    assert got["mean"].shape == (7, 1)
+    np.testing.assert_allclose(got["mean"][:, 0].numpy(), idx)  # rows follow `indices`
+    # every full-resolution output died with its batch
+    assert alive_at_call == [0, 0, 0]
+    assert all(r() is None for r in model.outputs)
+    assert not any(c["training"] for c in model.calls)
+    assert model.training and not model.drop.training
+
+    def keep_everything(batch):
+        return {"raw": model(batch["image"]).final["a"]}
+
+    with pytest.raises(ValueError, match="values per sample"):
+        stream_summaries(ctx, idx, keep_everything, max_values_per_sample=1000)
+    assert model.training and not model.drop.training
