@@ -366,6 +366,7 @@ def test_init_from_loads_network_weights_only(toy: None, tmp_path: Path) -> None
     assert torch.load(ckpt, weights_only=True)["optimizer_states"][0]["state"]  # there is state
     torch.manual_seed(1)
     second = make_module(weighting="uncertainty", lr=0.05, init_from=str(ckpt))
+    second.setup("fit")
     for (k, a), b in zip(first.net.state_dict().items(), second.net.state_dict().values()):
         assert torch.equal(a, b), k
     assert torch.count_nonzero(first.weighting.log_vars.detach()) == 2
@@ -382,17 +383,22 @@ def test_init_from_loads_network_weights_only(toy: None, tmp_path: Path) -> None
     plain = tmp_path / "net.pt"
     torch.save(first.net.state_dict(), plain)
     third = make_module(weighting="uncertainty", init_from=str(plain))
+    third.setup("validate")
     assert torch.equal(third.net.encoder[0].weight, first.net.encoder[0].weight)
 
 
 def test_init_from_errors_name_the_file(toy: None, tmp_path: Path) -> None:
     missing = tmp_path / "nope.ckpt"
     with pytest.raises(FileNotFoundError, match="nope.ckpt"):
-        make_module(init_from=str(missing))
+        make_module(init_from=str(missing)).setup("fit")
     other = tmp_path / "other.pt"
     torch.save({"state_dict": make_module(tasks=["semseg"]).state_dict()}, other)
     with pytest.raises(ValueError, match=r"other\.pt does not fit.*heads\.depth"):
-        make_module(init_from=str(other))
+        make_module(init_from=str(other)).setup("fit")
+    junk = tmp_path / "junk.ckpt"
+    junk.write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="junk.ckpt"):
+        make_module(init_from=str(junk)).setup("fit")
 
 
 # ---------------------------------------------------------------------------- real stack

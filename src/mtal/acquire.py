@@ -56,7 +56,7 @@ def acquire_once(
     net.to(device)
     ctx = AcquisitionContext(
         model=net,
-        tasks=dict(module.tasks),
+        tasks=dict(module.task_objects),
         pool=label_pool,
         datamodule=datamodule,
         device=device,

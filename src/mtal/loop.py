@@ -449,7 +449,7 @@ class ActiveLearningLoop:
         strategy_state = state.setdefault("strategy_state", {})
         ctx = AcquisitionContext(
             model=net,
-            tasks=dict(self.module.tasks),
+            tasks=dict(self.module.task_objects),
             pool=pool,
             datamodule=self.datamodule,
             device=device,

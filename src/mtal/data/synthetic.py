@@ -1000,7 +1000,7 @@ def render_scene(scene: Scene, knobs: SceneKnobs, rng: np.random.Generator) -> S
         rgb += np.float32(knobs.noise_std) * rng.standard_normal(rgb.shape, dtype=np.float32)
     image = (np.clip(rgb, 0.0, 1.0) * 255 + 0.5).astype(np.uint8).T.reshape(h, w, 3)
 
-    zdepth = best_t.reshape(h, w)
+    zdepth = (best_t / dnorm).reshape(h, w)
     normals = (R.T @ normal_w).T.reshape(h, w, 3)
     instance = scene.prim_instance[best].reshape(h, w)
     cls = scene.prim_class[best].reshape(h, w)

@@ -51,21 +51,33 @@ def thin(image: np.ndarray) -> np.ndarray:
     stride = width + 2
     neighbours = np.array([dr * stride + dc for dr, dc in _OFFSETS], dtype=np.int64)
     block = np.array([dr * stride + dc for dr in (-1, 0, 1) for dc in (-1, 0, 1)], dtype=np.int64)
+    slot = np.zeros(flat.size, dtype=np.int64)  # scratch for duplicate removal
+    # pending[s]: on-pixels whose neighbourhood changed since they were tested with table s
     on = np.flatnonzero(flat)
-    pending = [on, on]  # pixels to (re-)test against each subiteration's table
+    pending = [on, on]
     tables = (_FIRST, _SECOND)
-    step = 0
-    while len(pending[0]) or len(pending[1]):
+    step, clean_steps = 0, 0
+    while clean_steps < 2:
         todo = pending[step]
-        pending[step] = on[:0]
         todo = todo[flat[todo] == 1]
+        deleted = todo[:0]
         if len(todo):
-            codes = flat[todo[:, None] + neighbours].astype(np.int32) @ _WEIGHTS
+            codes = np.zeros(len(todo), dtype=np.int32)
+            for k, offset in enumerate(neighbours):
+                codes |= flat[todo + offset].astype(np.int32) << k
             deleted = todo[tables[step][codes]]
-            if len(deleted):
-                flat[deleted] = 0
-                touched = np.unique((deleted[:, None] + block).ravel())
-                touched = touched[flat[touched] == 1]
-                pending = [np.union1d(p, touched) for p in pending]
+        pending[step] = on[:0]
+        if len(deleted):
+            flat[deleted] = 0
+            touched = (deleted[:, None] + block).ravel()
+            touched = touched[flat[touched] == 1]
+            # keep one copy of each index without sorting: the last writer wins its slot
+            order = np.arange(len(touched))
+            slot[touched] = order
+            touched = touched[slot[touched] == order]
+            pending = [np.concatenate([p, touched]) for p in pending]
+            clean_steps = 0
+        else:
+            clean_steps += 1
         step ^= 1
     return padded[1:-1, 1:-1].astype(bool)

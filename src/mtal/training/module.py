@@ -101,8 +101,11 @@ class MultiTaskModule(L.LightningModule):
     ``task_weights`` are the fixed weights of ``fixed`` and the base weights of ``dwa``;
     ``loss_weights_for_metric`` weights the headline ``val/mtl_loss`` (default:
     ``task_weights``, else 1). ``init_from`` loads only the network weights of a
-    checkpoint (continuous training). ``gradnorm_layer`` names the shared layer GradNorm
-    measures (default: last Conv/Linear of ``net.encoder``/``net.backbone``).
+    checkpoint at ``setup`` (continuous training; optimiser, schedule and weighting state
+    start fresh). ``gradnorm_layer`` names the shared layer GradNorm measures (default:
+    last Conv/Linear of ``net.encoder``/``net.backbone``); ``weighting_lr`` is the
+    learning rate of learnable weighting parameters (default ``lr``). GradNorm runs in
+    manual optimisation, so Trainer gradient clipping/accumulation do not apply to it.
     """
 
     def __init__(
@@ -153,6 +156,7 @@ class MultiTaskModule(L.LightningModule):
         self.net: nn.Module | None = None
         self.weighting: LossWeighting | None = None
         self._compiled: dict[str, Any] = {}
+        self._init_loaded = False
         if tasks is not None:
             self._build(list(tasks), num_classes)
 
@@ -199,12 +203,11 @@ class MultiTaskModule(L.LightningModule):
                 for s in EVAL_STAGES
             }
         )
-        if hp.init_from:
-            self.load_model_weights(hp.init_from)
 
     def setup(self, stage: str) -> None:
-        """Build from the datamodule's tasks when ``tasks`` was not given; check the order."""
-        dm = getattr(self.trainer, "datamodule", None)
+        """Build from the datamodule's tasks when ``tasks`` was not given, check the task
+        order and load ``init_from`` (once; a ``ckpt_path`` given to the trainer wins)."""
+        dm = getattr(self._trainer, "datamodule", None)
         dm_tasks = getattr(dm, "tasks", None)
         if self.net is None:
             if dm_tasks is None:
@@ -222,6 +225,9 @@ class MultiTaskModule(L.LightningModule):
                 f"{self.task_names}; the batch columns follow the datamodule, so set "
                 f"model.tasks to the same list in the same order"
             )
+        if self.hparams.init_from and not self._init_loaded:
+            self.load_model_weights(self.hparams.init_from)
+            self._init_loaded = True
 
     def load_model_weights(self, path: str | Path) -> None:
         """Load only the network weights from a Lightning checkpoint or a plain state dict
@@ -397,15 +403,26 @@ class MultiTaskModule(L.LightningModule):
         self.log("train/gradnorm_loss", gn_loss.detach(), on_step=True, on_epoch=True)
 
     def _log_train(self, res: dict[str, Any], batch_size: int) -> None:
-        self.log("train/loss", res["total"].detach(), prog_bar=True, on_step=True,
-                 on_epoch=True, batch_size=batch_size)  # fmt: skip
+        self.log(
+            "train/loss",
+            res["total"].detach(),
+            prog_bar=True,
+            on_step=True,
+            on_epoch=True,
+            batch_size=batch_size,
+        )
         counts = res["labelled"].sum(0)
         for k, t in enumerate(self.task_names):
             self.train_losses[t].update(res["task_losses"][t].detach(), counts[k])
             self.log(f"train/{t}/weight", res["weights"][t], on_step=True, on_epoch=False)
         if res["ll4al"] is not None:
-            self.log("train/ll4al_loss", res["ll4al"].detach(), on_step=True, on_epoch=True,
-                     batch_size=batch_size)  # fmt: skip
+            self.log(
+                "train/ll4al_loss",
+                res["ll4al"].detach(),
+                on_step=True,
+                on_epoch=True,
+                batch_size=batch_size,
+            )
 
     def on_train_epoch_end(self) -> None:
         """Log ``train/<task>/loss`` (labelled-sample means of the epoch) and feed the
@@ -413,8 +430,9 @@ class MultiTaskModule(L.LightningModule):
         means: dict[str, float] = {}
         for t in self.task_names:
             metric = self.train_losses[t]
-            if metric.update_count and float(metric.weight) > 0:
-                value = metric.compute()
+            # computed on every rank (it syncs); a task with no labelled sample gives 0/0
+            value = metric.compute() if self._global_count(metric.update_count) else None
+            if value is not None and bool(torch.isfinite(value)):
                 means[t] = float(value)
                 self.log(f"train/{t}/loss", value)
             metric.reset()
@@ -427,22 +445,32 @@ class MultiTaskModule(L.LightningModule):
         per_sample = self._per_sample(out.final, batch["targets"])
         for k, t in enumerate(self.task_names):
             mask = labelled[:, k]
-            if not bool(mask.any()):
-                continue
-            self.eval_losses[stage][t].update(per_sample[mask, k])
-            self.eval_metrics[stage][t].update(out.final[t][mask], batch["targets"][t][mask])
+            losses = torch.where(mask, per_sample[:, k], per_sample.new_zeros(()))
+            self.eval_losses[stage][t].update(losses, mask.to(losses.dtype))
+            if bool(mask.any()):
+                self.eval_metrics[stage][t].update(out.final[t][mask], batch["targets"][t][mask])
+
+    def _global_count(self, count: int) -> int:
+        """``count`` summed over DDP ranks, so every rank takes the same compute branch."""
+        trainer = self._trainer
+        if trainer is None or trainer.world_size == 1:
+            return int(count)
+        total = trainer.strategy.reduce(
+            torch.tensor(float(count), device=self.device), reduce_op="sum"
+        )
+        return int(total.item())
 
     def _eval_epoch_end(self, stage: str) -> None:
         weighted: list[Tensor] = []
         for k, t in enumerate(self.task_names):
             loss_metric = self.eval_losses[stage][t]
-            if loss_metric.update_count:
-                value = loss_metric.compute()
+            value = loss_metric.compute() if self._global_count(loss_metric.update_count) else None
+            if value is not None and bool(torch.isfinite(value)):
                 self.log(f"{stage}/{t}/loss", value)
                 weighted.append(self.metric_weights[k] * value)
             loss_metric.reset()
             task_metric = self.eval_metrics[stage][t]
-            if task_metric.update_count:
+            if self._global_count(task_metric.update_count):
                 for key, v in task_metric.compute().items():
                     v = torch.as_tensor(v)
                     if v.numel() == 1:
@@ -497,7 +525,13 @@ class MultiTaskModule(L.LightningModule):
         ]
         w_params = [p for p in self.weighting.parameters() if p.requires_grad]
         if w_params:
-            groups.append({"params": w_params, "weight_decay": 0.0, "lr": hp.weighting_lr or hp.lr})
+            groups.append(
+                {
+                    "params": w_params,
+                    "weight_decay": 0.0,
+                    "lr": hp.lr if hp.weighting_lr is None else hp.weighting_lr,
+                }
+            )
         opt = create_optimizer(
             hp.optimizer, groups, lr=hp.lr, weight_decay=hp.weight_decay, momentum=hp.momentum
         )
