@@ -514,3 +514,22 @@ def test_scoring_keeps_only_summaries_and_restores_mode() -> None:
     with pytest.raises(ValueError, match="values per sample"):
         stream_summaries(ctx, idx, keep_everything, max_values_per_sample=1000)
     assert model.training and not model.drop.training
+
+
+def test_mc_passes_are_seeded_and_leave_global_rng_alone() -> None:
+    class NoisyModel(torch.nn.Module):
+        def forward(self, image, **kw):
+            noise = torch.rand(image.shape[0], 1, 1, 1)  # dropout-like randomness
+            return MultiTaskOutput(final={"a": image[:, 1:2] * noise})
+
+    ctx = make_ctx(NoisyModel(), 8, ["a"], [0])
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    first = create_strategy("rbal", mc_samples=3).select(ctx, 3)
+    assert torch.equal(torch.rand(3), expected)
+    second = create_strategy("rbal", mc_samples=3).select(ctx, 3)
+    np.testing.assert_array_equal(first.scores, second.scores)
+    ctx.seed = 1
+    third = create_strategy("rbal", mc_samples=3).select(ctx, 3)
+    assert not np.array_equal(first.scores, third.scores)

@@ -41,7 +41,11 @@ def test_miou_hand_case_and_absent_options():
     target = torch.tensor([[[0, 0, 1, 1, 255]]])
     pred = torch.tensor([[[0, 1, 1, 1, 2]]])  # the ignored pixel's prediction must not count
     iou0, iou1 = 1 / 2, 2 / 3  # class 2: absent from GT and (counted) prediction
-    expected = {"ignore": (iou0 + iou1) / 2, "one": (iou0 + iou1 + 1) / 3, "zero": (iou0 + iou1) / 3}
+    expected = {
+        "ignore": (iou0 + iou1) / 2,
+        "one": (iou0 + iou1 + 1) / 3,
+        "zero": (iou0 + iou1) / 3,
+    }
     for absent, value in expected.items():
         metric = MeanIoU(3, absent=absent, per_class=True)
         metric.update(logits_for(pred, 3), target)

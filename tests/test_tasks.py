@@ -196,7 +196,10 @@ def test_binary_discrepancy_soft_and_hard():
     w = 0.95
 
     def bce(x: float, y: float) -> float:
-        return -(w * y * math.log(1 / (1 + math.exp(-x))) + (1 - w) * (1 - y) * math.log(1 / (1 + math.exp(x))))
+        return -(
+            w * y * math.log(1 / (1 + math.exp(-x)))
+            + (1 - w) * (1 - y) * math.log(1 / (1 + math.exp(x)))
+        )
 
     soft = (bce(0.0, q[0]) + bce(2.0, q[1])) / 2
     assert create_task("edge").discrepancy(raw, other).item() == pytest.approx(soft, rel=1e-6)
@@ -238,7 +241,9 @@ def test_depth_loss_discrepancy_and_uncertainty():
     expected = (0.5 * (LN2PIE + math.log(2.0)) + 0.5 * (LN2PIE + math.log(1e-6))) / 2
     assert task.mc_uncertainty(samples).item() == pytest.approx(expected, rel=1e-5)
     floored = create_task("depth", var_floor=1e-2).mc_uncertainty(samples).item()
-    assert floored == pytest.approx((0.5 * (LN2PIE + math.log(2.0)) + 0.5 * (LN2PIE + math.log(1e-2))) / 2, rel=1e-5)
+    assert floored == pytest.approx(
+        (0.5 * (LN2PIE + math.log(2.0)) + 0.5 * (LN2PIE + math.log(1e-2))) / 2, rel=1e-5
+    )
     with pytest.raises(ValueError, match="at least 2"):
         task.mc_uncertainty(samples[:1])
 

@@ -371,6 +371,8 @@ def test_init_from_loads_network_weights_only(toy: None, tmp_path: Path) -> None
         assert torch.equal(a, b), k
     assert torch.count_nonzero(first.weighting.log_vars.detach()) == 2
     assert torch.count_nonzero(second.weighting.log_vars.detach()) == 0  # not loaded
+    restored = MultiTaskModule.load_from_checkpoint(ckpt)  # full restore, for contrast
+    assert torch.equal(restored.weighting.log_vars, first.weighting.log_vars)
     states: list[int] = []
 
     class Spy(L.Callback):
@@ -433,3 +435,41 @@ def test_fit_on_synthetic_scenes_lowers_every_task_loss() -> None:
     )
     with pytest.raises(ValueError, match="same order"):
         trainer().validate(wrong, datamodule=dm, verbose=False)
+
+
+# ---------------------------------------------------------------------------- packaging
+def test_lightning_cli_builds_module_from_plain_arguments(toy: None) -> None:
+    from lightning.pytorch.cli import LightningCLI
+
+    cli = LightningCLI(
+        MultiTaskModule,
+        run=False,
+        save_config_callback=None,
+        args=[
+            "--model.tasks=[semseg,depth]",
+            "--model.num_classes={semseg: 3}",
+            "--model.model=toy",
+            "--model.weighting=dwa",
+            "--model.task_weights={depth: 2.0}",
+            "--model.optimizer=sgd",
+            "--trainer.accelerator=cpu",
+            "--trainer.logger=false",
+        ],
+    )
+    assert isinstance(cli.model.net, ToyNet)
+    assert cli.model.weighting.base_weights.tolist() == [1.0, 2.0]
+    assert cli.model.hparams.optimizer == "sgd"
+
+
+def test_training_package_is_lazy() -> None:
+    import subprocess
+    import sys
+
+    import mtal.training as training
+
+    assert training.MultiTaskModule is MultiTaskModule
+    assert sorted(training.__all__) == sorted(training._EXPORTS)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        _ = training.nope
+    code = "import sys, mtal.training; assert 'torch' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -7,6 +7,8 @@ once (vectorised, one analytic intersection per primitive, bounding-sphere culli
 which gives exact labels for every task:
 
 - ``semseg``: :data:`CLASS_NAMES` (255 = void objects, see ``void_object_prob``)
+- camera: pinhole, square pixels, ``ds.intrinsics(i)`` gives K; the ray of pixel (row i,
+  column j) is ``K^-1 (j, i, 1)`` (pixel centres at integer coordinates)
 - ``depth``: z-depth in metres (distance along the optical axis); 0 = invalid where the
   sensor is out of range (``> max_depth``) or inside random dropout blobs (sensor holes)
 - ``normals``: analytic unit normals of the hit surface in the **camera frame** with
@@ -148,9 +150,8 @@ class SceneKnobs:
     min_box_pixels: int = 4
 
     def __post_init__(self) -> None:
-        for name in ("figure_prob", "rare_class_prob", "void_object_prob", "dark_prob"):
-            _check_prob(name, getattr(self, name))
-        for name in ("odd_pitch_prob", "clutter_prob"):
+        probs = ("figure_prob", "rare_class_prob", "void_object_prob", "dark_prob")
+        for name in (*probs, "odd_pitch_prob", "clutter_prob"):
             _check_prob(name, getattr(self, name))
         for name in ("n_objects", "clutter_objects", "fov_deg"):
             lo, hi = getattr(self, name)
@@ -1116,7 +1117,7 @@ class SyntheticScenes(MultiTaskDataset):
         self.seed = int(seed)
         self.knobs = SceneKnobs(**knobs)
         self.cache = cache
-        self._cache: dict[int, SceneRender] = {}
+        self._cache: dict[int, dict[str, np.ndarray]] = {}
 
     def __len__(self) -> int:
         return self.length
