@@ -173,3 +173,27 @@ def render_preview(
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``mtal data preview --dataset NAME [--root DIR] [--split S] [-n N] --out FILE.png``."""
+    import argparse
+
+    from mtal.data import create_dataset
+
+    parser = argparse.ArgumentParser(prog="mtal data", description="dataset utilities")
+    sub = parser.add_subparsers(dest="command", required=True)
+    preview = sub.add_parser("preview", help="a PNG grid of samples × tasks")
+    preview.add_argument("--dataset", default="synthetic")
+    preview.add_argument("--root", default=None, help="dataset root (real datasets)")
+    preview.add_argument("--split", default="train")
+    preview.add_argument("-n", "--num", type=int, default=6, help="number of samples")
+    preview.add_argument("--out", default="preview.png")
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    kwargs: dict[str, Any] = {"split": args.split}
+    if args.root is not None:
+        kwargs["root"] = args.root
+    dataset = create_dataset(args.dataset, **kwargs)
+    out = render_preview(dataset, min(args.num, len(dataset)), args.out)
+    print(f"[mtal] wrote {out}")
+    return 0
