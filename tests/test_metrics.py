@@ -175,6 +175,43 @@ def test_thinning_properties():
     assert thin(square).sum() == 1
 
 
+def _thin_reference(image: np.ndarray) -> np.ndarray:
+    """Slow reference: Lam-Lee-Suen conditions evaluated pixel by pixel over the whole image
+    in every subiteration (parallel deletion), until nothing changes."""
+    img = np.pad(image.astype(bool), 1)
+    ring = ((0, 1), (-1, 1), (-1, 0), (-1, -1), (0, -1), (1, -1), (1, 0), (1, 1))
+    changed = True
+    while changed:
+        changed = False
+        for first in (True, False):
+            delete = []
+            for r, c in zip(*np.nonzero(img)):
+                x = [None] + [bool(img[r + dr, c + dc]) for dr, dc in ring]
+                x.append(x[1])
+                xh = sum((not x[2 * i - 1]) and (x[2 * i] or x[2 * i + 1]) for i in range(1, 5))
+                n1 = sum(x[2 * k - 1] or x[2 * k] for k in range(1, 5))
+                n2 = sum(x[2 * k] or x[2 * k + 1] for k in range(1, 5))
+                if first:
+                    g3 = not ((x[2] or x[3] or not x[8]) and x[1])
+                else:
+                    g3 = not ((x[6] or x[7] or not x[4]) and x[5])
+                if xh == 1 and 2 <= min(n1, n2) <= 3 and g3:
+                    delete.append((r, c))
+            for r, c in delete:
+                img[r, c] = False
+            changed = changed or bool(delete)
+    return img[1:-1, 1:-1]
+
+
+def test_thinning_matches_pixelwise_reference():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    for sigma, level in ((0.8, 0.0), (1.5, -0.3), (2.5, 0.2), (1.0, -1.0)):
+        image = ndimage.gaussian_filter(rng.standard_normal((14, 17)), sigma) > level * 0.1
+        np.testing.assert_array_equal(thin(image), _thin_reference(image))
+
+
 # ------------------------------------------------------------------------------- edge
 
 

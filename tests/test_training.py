@@ -120,8 +120,8 @@ def trainer(max_epochs: int = 3, callbacks: list | None = None, **kw: Any) -> L.
 def test_reduce_task_losses_hand_values() -> None:
     per_sample = torch.tensor([[1.0, 2.0], [3.0, float("nan")], [5.0, 6.0]])
     labelled = torch.tensor([[True, True], [True, False], [False, True]])
-    weight = torch.tensor([[1.0, 0.5], [2.0, 1.0], [1.0, 0.0]])
-    # task 0: (1·1 + 2·3) / 2 = 3.5 ; task 1: (0.5·2 + 0·6) / 2 = 0.5 (NaN row unlabelled)
+    weight = torch.tensor([[1.0, 0.5], [2.0, float("nan")], [1.0, 0.0]])
+    # task 0: (1·1 + 2·3) / 2 = 3.5 ; task 1: (0.5·2 + 0·6) / 2 = 0.5 (NaN pair unlabelled)
     assert reduce_task_losses(per_sample, labelled, weight).tolist() == pytest.approx([3.5, 0.5])
     # without sample weights: (1 + 3)/2, (2 + 6)/2 ; nobody labelled → exactly 0
     assert reduce_task_losses(per_sample, labelled).tolist() == pytest.approx([2.0, 4.0])

@@ -68,7 +68,7 @@ def reduce_task_losses(
     mask = labelled.to(torch.bool)
     w = mask.to(per_sample.dtype)
     if weight is not None:
-        w = w * weight.to(per_sample.dtype)
+        w = torch.where(mask, weight.to(per_sample.dtype), per_sample.new_zeros(()))
     contrib = torch.where(w != 0, w * per_sample, per_sample.new_zeros(()))
     return contrib.sum(0) / mask.sum(0).clamp_min(1).to(per_sample.dtype)
 
