@@ -254,6 +254,7 @@ def test_edge_odsf_exact_matches_brute_force_reference():
     metric = EdgeODSF(max_dist=max_dist, thresholds=thresholds, mode="exact")
     metric.update(raw, torch.from_numpy(gt)[:, None])
     ref = np.zeros((3, len(thresholds)))  # matched, predicted, GT
+    ref_approx = np.zeros((2, len(thresholds)))  # pred with a GT partner, GT with a pred partner
     for j, t in enumerate(thresholds):
         for i in range(2):
             valid = gt[i] != 255
@@ -263,6 +264,8 @@ def test_edge_odsf_exact_matches_brute_force_reference():
             ref[0, j] += _kuhn_matching(dist <= radius)
             ref[1, j] += len(pred_px)
             ref[2, j] += len(gt_px)
+            ref_approx[0, j] += (dist <= radius).any(1).sum()
+            ref_approx[1, j] += (dist <= radius).any(0).sum()
     np.testing.assert_array_equal(metric.matched_pred.numpy(), ref[0])
     np.testing.assert_array_equal(metric.total_pred.numpy(), ref[1])
     np.testing.assert_array_equal(metric.total_gt.numpy(), ref[2])
@@ -271,6 +274,8 @@ def test_edge_odsf_exact_matches_brute_force_reference():
     assert metric.compute()["odsf"].item() == pytest.approx(f_ref, rel=1e-6)
     approx = EdgeODSF(max_dist=max_dist, thresholds=thresholds, mode="approx")
     approx.update(raw, torch.from_numpy(gt)[:, None])
+    np.testing.assert_array_equal(approx.matched_pred.numpy(), ref_approx[0])
+    np.testing.assert_array_equal(approx.matched_gt.numpy(), ref_approx[1])
     assert approx.compute()["odsf_approx"].item() >= metric.compute()["odsf"].item()
     assert (approx.matched_pred >= metric.matched_pred).all()
     assert (approx.matched_gt >= metric.matched_gt).all()

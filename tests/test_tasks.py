@@ -47,6 +47,15 @@ def test_registry_lists_builtin_tasks_and_builds_each():
         assert task.name == name
 
 
+def test_importing_the_registry_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, mtal.tasks; print('torch' in sys.modules, len(mtal.tasks.TASKS))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "6"]
+
+
 def test_unknown_task_name_lists_known_ones():
     with pytest.raises(UnknownNameError) as err:
         create_task("segmantic")

@@ -205,7 +205,9 @@ class ActiveDataModule(L.LightningDataModule):
         for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if int(value) < 1:
                 raise ValueError(f"{key} must be >= 1, got {value}")
-        self.save_hyperparameters()
+        # tasks/task_options are logged by the module (the CLI links them); keeping them here
+        # too would make Lightning refuse to merge the two sets of hyperparameters
+        self.save_hyperparameters(ignore=["tasks", "task_options"])
         self.dataset_name = dataset
         self.root = root
         self.dataset_kwargs = dict(dataset_kwargs or {})
