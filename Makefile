@@ -9,8 +9,15 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export WANDB_SILENT := true
 SMOKE ?= 0
 
-.PHONY: install demo test lint format clean bench paper-wacv24-nyud paper-wacv24-pascal \
-	paper-partal-nyud paper-partal-pascal paper-synthetic
+SMOKE_FLAG := $(if $(filter 1,$(SMOKE)),--smoke,)
+RUNS ?= runs
+# paper experiment → grid file (experiments/<grid>.yaml)
+PAPERS := wacv24-nyud:wacv24_nyud wacv24-pascal:wacv24_pascal wacv24-tab1:wacv24_tab1 \
+	wacv24-fig7a:wacv24_fig7a wacv24-fig7b:wacv24_fig7b partal-nyud:partal_nyud \
+	partal-pascal:partal_pascal
+PAPER_TARGETS := $(foreach p,$(PAPERS),paper-$(word 1,$(subst :, ,$(p))))
+
+.PHONY: install demo test lint format clean bench papers-smoke $(PAPER_TARGETS)
 
 install: $(STAMP)
 
@@ -24,7 +31,7 @@ demo: install
 
 test: install
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -p no:cacheprovider
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks
@@ -38,6 +45,15 @@ bench: install
 	$(BIN)/python benchmarks/bench_synthetic.py
 	$(BIN)/python benchmarks/bench_models.py
 	$(BIN)/python benchmarks/bench_search.py
+	$(BIN)/python benchmarks/bench_scoring.py
+
+# `make paper-<name>` runs one paper's grid (resumable); SMOKE=1 runs it on tiny
+# procedural fixtures in minutes.
+$(PAPER_TARGETS): paper-%: install
+	$(BIN)/mtal experiment experiments/$(subst -,_,$*).yaml $(SMOKE_FLAG) --runs-dir $(RUNS) --report
+
+papers-smoke: install
+	$(MAKE) $(PAPER_TARGETS) SMOKE=1 RUNS=$(RUNS)/smoke
 
 clean:
 	rm -rf $(VENV) *.egg-info src/*.egg-info .pytest_cache .ruff_cache
