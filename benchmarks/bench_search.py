@@ -11,7 +11,8 @@ nearest_distance (default 20k queries vs 2k keys, d=512):
   * reference — float64 ``cdist`` in query blocks, then ``min`` (numpy/scipy brute force).
   * torch / faiss — ``mtal.search.nearest_distance``; max abs difference is reported.
 
-Run:  OMP_NUM_THREADS=2 python benchmarks/bench_search.py [--readme benchmarks/README.md]
+Ratios are reference CPU time / backend CPU time (process_time; robust on a shared
+machine). Run:  OMP_NUM_THREADS=2 python benchmarks/bench_search.py [--readme benchmarks/README.md]
 """
 
 from __future__ import annotations
@@ -64,10 +65,11 @@ def reference_nearest(q: np.ndarray, k: np.ndarray) -> np.ndarray:
     return out
 
 
-def timed(fn: Callable[[], np.ndarray]) -> tuple[float, np.ndarray]:
-    t0 = time.perf_counter()
+def timed(fn: Callable[[], np.ndarray]) -> tuple[float, float, np.ndarray]:
+    """(wall s, process CPU s, result). CPU time is the fair measure on a shared machine."""
+    w0, c0 = time.perf_counter(), time.process_time()
     out = fn()
-    return time.perf_counter() - t0, out
+    return time.perf_counter() - w0, time.process_time() - c0, out
 
 
 def main() -> None:
@@ -103,27 +105,33 @@ def main() -> None:
 
     cpu = f"CPU {threads} thread(s)" if not torch.cuda.is_available() else "CUDA"
     setting = f"N={args.n}, d={args.d}, L={args.labelled}, B={args.budget}; {cpu}"
-    t_ref, ref = timed(lambda: reference_k_center(x, mask, args.budget))
-    emit(f"| k_center reference (float64 cdist/step) | {setting} | {t_ref:.1f} s | self | 1.00 |")
+    w_ref, c_ref, ref = timed(lambda: reference_k_center(x, mask, args.budget))
+    emit(
+        f"| k_center reference (float64 cdist/step) | {setting} | cpu {c_ref:.1f} s "
+        f"(wall {w_ref:.1f} s) | self | 1.00 |"
+    )
     for name in ("torch", "faiss"):
-        t, picks = timed(lambda n=name: search.k_center_greedy(x, mask, args.budget, backend=n))
+        w, c, picks = timed(lambda n=name: search.k_center_greedy(x, mask, args.budget, backend=n))
         same = np.array_equal(picks, ref)
         assert same, f"{name} picks differ from the reference at {np.flatnonzero(picks != ref)[:5]}"
         emit(
-            f"| k_center {name} (float32 running min) | {setting} | {t:.1f} s, picks identical "
-            f"| {t_ref:.1f} s | {t_ref / t:.2f}x |"
+            f"| k_center {name} (float32 running min) | {setting} | cpu {c:.1f} s "
+            f"(wall {w:.1f} s), picks identical | cpu {c_ref:.1f} s | {c_ref / c:.2f}x |"
         )
 
     keys = x[rng.choice(args.n, size=args.keys, replace=False)]
     setting = f"{args.n} queries, {args.keys} keys, d={args.d}; {cpu}"
-    t_ref, dref = timed(lambda: reference_nearest(x, keys))
-    emit(f"| nearest reference (float64 cdist) | {setting} | {t_ref:.2f} s | self | 1.00 |")
+    w_ref, c_ref, dref = timed(lambda: reference_nearest(x, keys))
+    emit(
+        f"| nearest reference (float64 cdist) | {setting} | cpu {c_ref:.2f} s "
+        f"(wall {w_ref:.2f} s) | self | 1.00 |"
+    )
     for name in ("torch", "faiss"):
-        t, dist = timed(lambda n=name: search.nearest_distance(x, keys, backend=n))
+        w, c, dist = timed(lambda n=name: search.nearest_distance(x, keys, backend=n))
         err = float(np.abs(dist - dref).max())
         emit(
-            f"| nearest {name} | {setting} | {t:.2f} s, max abs err {err:.1e} "
-            f"| {t_ref:.2f} s | {t_ref / t:.2f}x |"
+            f"| nearest {name} | {setting} | cpu {c:.2f} s (wall {w:.2f} s), max abs err "
+            f"{err:.1e} | cpu {c_ref:.2f} s | {c_ref / c:.2f}x |"
         )
 
     print("| benchmark | setting | result | reference | ratio |")

@@ -1,5 +1,9 @@
 """One-off acquisition (``mtal acquire``): a selection from saved weights and a pool
-state, exported as a CSV a labelling team can work from."""
+state, exported as a CSV a labelling team can work from.
+
+Everything is read and validated (pool checksum, weights, strategy, budget) before
+anything is written; the CSV and the optional updated pool are written atomically.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch import seed_everything
 
 from mtal.loop import (
     LoopSettings,
     apply_selection,
     budget_in_labels,
+    check_budget,
     derive_seed,
     load_weights,
     write_selection_csv,
@@ -37,12 +43,15 @@ def acquire_once(
     """Score the pool with ``strategy`` and write the request CSV to ``out``.
 
     The pool file is never modified in place; with ``pool_out`` the pool including the
-    requested labels (marked as bought in ``cycle``) is written there atomically.
+    requested labels (marked as bought in ``cycle``, default: the pool's newest cycle + 1)
+    is written there atomically. The selection is seeded from ``(seed, cycle)`` exactly
+    as the loop seeds it, so it repeats the loop's choice for the same weights and pool.
     """
     from mtal.acquisition import create_strategy
     from mtal.acquisition.base import AcquisitionContext
     from mtal.data.pool import LabelPool
 
+    chooser = create_strategy(strategy, clamp_budget=clamp_budget, **strategy_kwargs)
     label_pool = LabelPool.load(pool)
     datamodule.attach_pool(label_pool)
     module.load_state_dict(load_weights(weights))
@@ -50,7 +59,9 @@ def acquire_once(
         cycle = int(label_pool.cycle.max()) + 1
     settings = LoopSettings(budget=budget, budget_unit=budget_unit)  # type: ignore[arg-type]
     labels = budget_in_labels(settings, len(label_pool.image_ids), len(label_pool.tasks))
-    chooser = create_strategy(strategy, clamp_budget=clamp_budget, **strategy_kwargs)
+    check_budget(chooser, label_pool, labels, 1, clamp_budget)
+    select_seed = derive_seed(seed, "select", cycle)
+    seed_everything(select_seed, workers=True, verbose=False)
     net = getattr(module, "net", module)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     net.to(device)
@@ -61,14 +72,15 @@ def acquire_once(
         datamodule=datamodule,
         device=device,
         cycle=cycle,
-        seed=derive_seed(seed, "select", cycle),
+        seed=select_seed,
         state={},
     )
     selection = chooser.select(ctx, labels)
+    net.to("cpu")
+    updated = label_pool.copy()
+    apply_selection(updated, selection, cycle)  # validates the selection before any write
     write_selection_csv(out, selection, label_pool, datamodule.train_dataset, cycle)
     if pool_out is not None:
-        updated = label_pool.copy()
-        apply_selection(updated, selection, cycle)
         updated.save(pool_out)
     print(f"[mtal] wrote {len(selection.images)} images / {len(selection.pairs)} labels to {out}")
     return out

@@ -37,6 +37,15 @@ def _environment() -> None:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 
+def default_precision() -> str:
+    """Mixed precision when a CUDA GPU is present (bf16 where supported), else fp32."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "32-true"
+    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+
+
 def run_cli(args: Sequence[str] | None = None, *, run: bool = True) -> Any:
     """Build and run the LightningCLI (``args`` default to ``sys.argv[1:]``)."""
     _environment()
@@ -48,7 +57,7 @@ def run_cli(args: Sequence[str] | None = None, *, run: bool = True) -> Any:
         MultiTaskModule,
         ActiveDataModule,
         trainer_class=ActiveTrainer,
-        trainer_defaults=TRAINER_DEFAULTS,
+        trainer_defaults={**TRAINER_DEFAULTS, "precision": default_precision()},
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
         args=list(args) if args is not None else None,

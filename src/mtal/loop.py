@@ -4,28 +4,43 @@ One cycle = fit (continuous training from the previous cycle's best weights, fre
 optimiser) → validate → log → select → label (the dataset's own annotations are the
 oracle) → write the pool state and a ``metrics.csv`` row atomically.
 
-Crash safety comes from the order of atomic writes in the run folder
+Crash safety comes from the order of atomic writes (``mtal.io``) in the run folder
 ``runs/<experiment>/<strategy>/seed<k>/``:
 
-- ``pool/cycle_<c>.json`` — the pool that cycle ``c`` trains on (labels bought so far);
-  its existence is the proof that those labels were requested, so a rerun never
-  re-selects (no label bought twice).
+- ``state.json`` (checksummed) — seeds, the step offset per cycle and, per cycle ``c``,
+  the strategy's persistent state *as selection ``c`` must see it*
+  (``strategy_state_at[c]``). It is written before the pool file of the cycle it
+  describes, so a rerun always finds the state that belongs to the newest pool.
+- ``init_weights.pt`` — the network's initial weights (written before the first pool).
+- ``selections/cycle_<c>.csv`` — the labelling request of the labels bought for cycle
+  ``c`` (written before the pool file; a rerun rewrites it identically).
+- ``pool/cycle_<c>.json`` (checksummed) — the pool that cycle ``c`` trains on; its
+  existence is the proof that those labels were requested, so a rerun never re-selects
+  (no label bought twice) and never forgets one (no label lost).
 - ``cycle_<c>/weights.pt`` — the best weights of cycle ``c`` (plain state dict, loaded
-  with ``weights_only=True``).
-- ``metrics.csv`` — one row per finished cycle (rewritten atomically, keyed by cycle).
-- ``state.json`` — the strategy's persistent state and the step offset per cycle.
+  with ``weights_only=True``), then its ``metrics.csv`` row (rewritten atomically).
 
-A rerun of the same command finds the newest pool file and redoes only what is
-missing: an interrupted fit is redone from the same seed, so an interrupted run ends
-with the same pool as an uninterrupted one on CPU.
+A rerun of the same command validates everything it will read *before* writing
+anything, finds the newest pool file and redoes only what is missing. Every fit and
+every selection is seeded from ``(loop.seed, cycle)`` alone, so an interrupted run ends
+with the same pool as an uninterrupted one on CPU. A damaged, foreign or missing state
+file stops the loop with an error naming it; it never restarts silently from scratch.
+
+Test hook: ``MTAL_CRASH_AT=<point>:<n>[,<point>:<n>...]`` makes the process SIGKILL
+itself the ``n``-th time it reaches ``point`` (one of :data:`CRASH_POINTS`), so tests can
+crash at exact places (e.g. between a state write and a pool write).
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import hashlib
 import io
 import json
+import os
+import signal
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -36,7 +51,7 @@ import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 
-from mtal.io import atomic_write_bytes, read_checked_json, write_checked_json
+from mtal.io import StateFileError, atomic_write_bytes, read_checked_json, write_checked_json
 from mtal.tracking import OffsetLogger, create_logger, redact
 
 if TYPE_CHECKING:
@@ -45,7 +60,51 @@ if TYPE_CHECKING:
     from mtal.data.pool import LabelPool
 
 STATE_SCHEMA = "mtal.loopstate"
-STATE_VERSION = 1
+#: 2: the strategy state is kept per cycle (``strategy_state_at``)
+STATE_VERSION = 2
+
+#: where ``MTAL_CRASH_AT`` may kill the process (in the order a cycle reaches them;
+#: ``before_state_write`` fires at every state.json write)
+CRASH_POINTS = (
+    "after_fit",
+    "before_select",
+    "after_select",
+    "before_state_write",
+    "before_pool_write",
+    "after_pool_write",
+)
+CRASH_ENV = "MTAL_CRASH_AT"
+_crash_counts: dict[str, int] = {}
+
+
+def parse_crash_spec(text: str) -> dict[str, int]:
+    """``"after_fit:2,before_pool_write:1"`` → ``{"after_fit": 2, "before_pool_write": 1}``."""
+    wanted: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, count = part.partition(":")
+        if name not in CRASH_POINTS or not count.isdigit() or int(count) < 1:
+            raise ValueError(
+                f"{CRASH_ENV}={text!r}: {part!r} is not <point>:<n> with n >= 1 and point one "
+                f"of {list(CRASH_POINTS)}"
+            )
+        wanted[name] = int(count)
+    return wanted
+
+
+def crash_point(name: str) -> None:
+    """Test hook: SIGKILL this process the n-th time it reaches ``name`` when
+    ``MTAL_CRASH_AT`` asks for it (a no-op when the variable is unset)."""
+    spec = os.environ.get(CRASH_ENV)
+    if not spec:
+        return
+    wanted = parse_crash_spec(spec)
+    if name not in wanted:
+        return
+    _crash_counts[name] = _crash_counts.get(name, 0) + 1
+    if _crash_counts[name] == wanted[name]:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass
@@ -56,7 +115,10 @@ class LoopSettings:
     else a count, in ``budget_unit`` ("images": B images × K labels, which pair
     strategies receive as the same number of labels; "labels": image/task pairs).
     ``cycles`` counts fits: cycle 0 trains on the initial set, and every cycle but the
-    last ends with an acquisition.
+    last ends with an acquisition. A budget the pool cannot pay for over all cycles is
+    an error before anything runs, unless ``clamp_budget`` (then the last acquisitions
+    buy what is left). ``description`` is a free-text note stored (redacted) in
+    config.yaml and sent to W&B as the run's notes.
     """
 
     experiment: str = "synthetic"
@@ -75,8 +137,45 @@ class LoopSettings:
     monitor_mode: Literal["min", "max"] = "min"
     logger: Literal["wandb", "csv", "none"] = "wandb"
     wandb_project: str = "mtal"
+    description: str = ""
     #: stop after this many cycles in this process (testing crash/resume); None = all
     stop_after: int | None = None
+
+
+def validate_settings(settings: LoopSettings) -> None:
+    """Raise a ValueError naming the ``loop.*`` field of any setting that cannot work."""
+    from mtal.tracking import LOGGER_KINDS
+
+    checks: list[tuple[bool, str]] = [
+        (settings.cycles >= 1, f"loop.cycles={settings.cycles}: run at least 1 cycle"),
+        (
+            settings.budget > 0,
+            f"loop.budget={settings.budget}: use a fraction in (0, 1) or a positive count",
+        ),
+        (
+            settings.budget_unit in ("images", "labels"),
+            f"loop.budget_unit={settings.budget_unit!r}: choose 'images' or 'labels'",
+        ),
+        (
+            settings.monitor_mode in ("min", "max"),
+            f"loop.monitor_mode={settings.monitor_mode!r}: choose 'min' or 'max'",
+        ),
+        (
+            settings.logger in LOGGER_KINDS,
+            f"loop.logger={settings.logger!r}: choose one of {list(LOGGER_KINDS)}",
+        ),
+        (
+            settings.stop_after is None or settings.stop_after >= 1,
+            f"loop.stop_after={settings.stop_after}: use null or a count >= 1",
+        ),
+        (
+            bool(settings.experiment) and "/" not in settings.experiment,
+            f"loop.experiment={settings.experiment!r}: use a non-empty name without '/'",
+        ),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
 
 
 def derive_seed(*parts: int | str) -> int:
@@ -103,6 +202,36 @@ def budget_in_labels(settings: LoopSettings, num_images: int, num_tasks: int) ->
     return amount * num_tasks if settings.budget_unit == "images" else amount
 
 
+def check_budget(
+    strategy: Any,
+    pool: LabelPool,
+    budget: int,
+    acquisitions: int,
+    clamp: bool,
+) -> None:
+    """Raise when ``acquisitions`` selections of ``budget`` labels each cannot be paid
+    from what ``pool`` has left (unless ``clamp``), before any of them runs."""
+    if acquisitions <= 0:
+        return
+    k = pool.num_tasks
+    if getattr(strategy, "granularity", "image") == "image":
+        per, left, unit = budget // k, len(pool.unlabelled_images()), "fully unlabelled images"
+        if per == 0:
+            raise ValueError(
+                f"a budget of {budget} labels buys no whole image of {k} labels for the "
+                f"image strategy {getattr(strategy, 'name', strategy)!r}; raise loop.budget"
+            )
+    else:
+        per, left, unit = budget, len(pool.unlabelled_pairs()), "unlabelled image/task pairs"
+    if per * acquisitions > left and not clamp:
+        raise ValueError(
+            f"the budget is larger than what is left: {acquisitions} acquisition(s) of {per} "
+            f"{unit} need {per * acquisitions}, but the pool of {pool.num_images} images has "
+            f"only {left} left; lower loop.budget or loop.cycles, or set "
+            f"loop.clamp_budget=true to buy what is left"
+        )
+
+
 class ActiveLoop(Callback):
     """Lightning callback of one cycle's fit: logs the ``al/*`` pool figures and keeps
     the best weights (by ``monitor``) in memory so the next cycle continues from them."""
@@ -123,7 +252,8 @@ class ActiveLoop(Callback):
 
     def _log_pool(self, trainer: Trainer) -> None:
         if trainer.logger is not None:
-            stats = {"al/cycle": float(self.cycle), **self.pool_stats}
+            stats = {"al/cycle": float(self.cycle)}
+            stats.update({f"al/{k}": float(v) for k, v in self.pool_stats.items()})
             trainer.logger.log_metrics(stats, step=trainer.global_step)
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -143,11 +273,15 @@ class ActiveLoop(Callback):
         )
         if better and np.isfinite(score):
             self.best_score = score
-            self.best_state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
+            self.best_state = _cpu_state(pl_module)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.best_state is None:  # no validation ran: the last weights are the best we know
-            self.best_state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
+            self.best_state = _cpu_state(pl_module)
+
+
+def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
 
 def save_weights(state: Mapping[str, torch.Tensor], path: Path) -> None:
@@ -167,6 +301,8 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"{path} is not a readable weights file ({exc})") from exc
     if isinstance(state, dict) and "state_dict" in state:  # a Lightning checkpoint
         state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} does not hold a state dict of tensors")
     return state
 
 
@@ -177,12 +313,27 @@ class MetricsTable:
         self.path = path
 
     def rows(self) -> list[dict[str, str]]:
+        """The rows so far; a file that is not a metrics table raises naming it."""
         if not self.path.exists():
             return []
-        with self.path.open(newline="") as handle:
-            return list(csv.DictReader(handle))
+        try:
+            with self.path.open(newline="", encoding="utf-8") as handle:
+                rows = list(csv.DictReader(handle))
+            for r in rows:
+                int(r["cycle"])
+        except (csv.Error, KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
+            raise StateFileError(
+                f"{self.path} is not an mtal metrics table (a 'cycle' column of integers): "
+                f"{exc!r}; restore it or delete the run folder to restart deliberately"
+            ) from exc
+        return rows
+
+    def row(self, cycle: int) -> dict[str, str] | None:
+        """The row of ``cycle``, or None."""
+        return next((r for r in self.rows() if int(r["cycle"]) == cycle), None)
 
     def put(self, row: Mapping[str, Any]) -> None:
+        """Insert or replace the row of ``row["cycle"]`` (atomic rewrite)."""
         rows = [r for r in self.rows() if int(r["cycle"]) != int(row["cycle"])]
         rows.append({k: _fmt(v) for k, v in row.items()})
         rows.sort(key=lambda r: int(r["cycle"]))
@@ -233,7 +384,11 @@ def write_selection_csv(
             "tasks": ";".join(t for t in tasks if t in requested.get(image, [])),
         }
         for k, task in enumerate(tasks):
-            score = float(selection.scores[row_index, k]) if selection.scores is not None else float("nan")
+            score = (
+                float(selection.scores[row_index, k])
+                if selection.scores is not None
+                else float("nan")
+            )
             row[f"score_{task}"] = "" if not np.isfinite(score) else repr(score)
             weight = selection.weights[row_index, k] if selection.weights is not None else None
             row[f"weight_{task}"] = "" if weight is None else repr(float(weight))
@@ -256,6 +411,8 @@ def apply_selection(pool: LabelPool, selection: Selection, cycle: int) -> None:
 
 @dataclass
 class CycleResult:
+    """What one cycle of :class:`ActiveLearningLoop` produced."""
+
     cycle: int
     metrics: dict[str, float]
     selected: int
@@ -266,7 +423,8 @@ class ActiveLearningLoop:
 
     ``make_trainer(callbacks, logger)`` builds a fresh Trainer per cycle (the CLI passes
     one that applies the user's trainer config). The module's weights are reset to
-    their initial values (or continue from the previous best) at every cycle.
+    their initial values (or continue from the previous best) at every cycle. Settings
+    and the strategy are validated here, so a bad one fails before the run folder exists.
     """
 
     def __init__(
@@ -278,6 +436,9 @@ class ActiveLearningLoop:
         config: Mapping[str, Any] | None = None,
         progress: Callable[[str], None] | None = print,
     ) -> None:
+        from mtal.acquisition import create_strategy
+
+        validate_settings(settings)
         self.module = module
         self.datamodule = datamodule
         self.settings = settings
@@ -286,31 +447,56 @@ class ActiveLearningLoop:
         self.progress = progress or (lambda _msg: None)
         self.run_dir = run_dir_for(settings)
         self.metrics = MetricsTable(self.run_dir / "metrics.csv")
+        try:
+            self.strategy = create_strategy(
+                settings.strategy, clamp_budget=settings.clamp_budget, **settings.strategy_kwargs
+            )
+        except TypeError as exc:
+            raise ValueError(
+                f"loop.strategy_kwargs={settings.strategy_kwargs} do not fit strategy "
+                f"{settings.strategy!r}: {exc}"
+            ) from exc
 
     # -- run folder -------------------------------------------------------------------
     def pool_path(self, cycle: int) -> Path:
+        """``pool/cycle_<c>.json``: the pool cycle ``c`` trains on."""
         return self.run_dir / "pool" / f"cycle_{cycle:03d}.json"
 
     def weights_path(self, cycle: int) -> Path:
+        """``cycle_<c>/weights.pt``: the best weights of cycle ``c``."""
         return self.run_dir / f"cycle_{cycle:03d}" / "weights.pt"
 
     def selection_path(self, cycle: int) -> Path:
+        """``selections/cycle_<c>.csv``: the request of the labels bought for cycle ``c``."""
         return self.run_dir / "selections" / f"cycle_{cycle:03d}.csv"
 
     @property
     def state_path(self) -> Path:
+        """``state.json``: seeds, step offsets and the per-cycle strategy state."""
         return self.run_dir / "state.json"
+
+    @property
+    def init_path(self) -> Path:
+        """``init_weights.pt``: the network's weights before cycle 0."""
+        return self.run_dir / "init_weights.pt"
 
     def _latest_pool_cycle(self) -> int | None:
         found = sorted(self.run_dir.glob("pool/cycle_*.json"))
         return int(found[-1].stem.split("_")[1]) if found else None
 
-    def _read_state(self) -> dict[str, Any]:
+    def _read_state(self) -> dict[str, Any] | None:
         if not self.state_path.exists():
-            return {"strategy_state": {}, "step_offsets": {}, "seeds": {}}
-        return read_checked_json(self.state_path, STATE_SCHEMA, STATE_VERSION)
+            return None
+        state = read_checked_json(self.state_path, STATE_SCHEMA, STATE_VERSION)
+        if not isinstance(state, dict) or not isinstance(state.get("strategy_state_at"), dict):
+            raise StateFileError(
+                f"state file {self.state_path} lacks 'strategy_state_at'; restore it or "
+                "delete the run folder to restart deliberately"
+            )
+        return state
 
     def _write_state(self, state: Mapping[str, Any]) -> None:
+        crash_point("before_state_write")
         write_checked_json(self.state_path, dict(state), STATE_SCHEMA, STATE_VERSION)
 
     def _write_config(self) -> None:
@@ -323,38 +509,86 @@ class ActiveLearningLoop:
         atomic_write_bytes(self.run_dir / "config.yaml", text.encode())
 
     # -- the loop ------------------------------------------------------------------------
-    def run(self) -> list[CycleResult]:
-        from mtal.acquisition import create_strategy
+    def _prepare(self) -> tuple[LabelPool, int, dict[str, Any], dict[str, torch.Tensor], bool]:
+        """Read and validate everything the run needs, writing nothing: the pool to
+        start from, its cycle, the loop state, the initial weights, and whether the run
+        is new."""
         from mtal.data.pool import LabelPool
 
-        s = self.settings
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._write_config()
-        dm = self.datamodule
+        s, dm = self.settings, self.datamodule
         state = self._read_state()
-        state.setdefault("seeds", {})["loop"] = s.seed
-
         latest = self._latest_pool_cycle()
+        fresh = latest is None
         if latest is None:
-            pool = dm.pool  # fresh initial set (seeded by the datamodule's pool_seed)
-            pool.save(self.pool_path(0))
-            latest = 0
-            self.progress(f"[mtal] {self.run_dir}: new run, {pool.num_labelled_images} initial images")
+            if self.metrics.path.exists() or self.weights_path(0).exists():
+                raise StateFileError(
+                    f"{self.run_dir} holds results (metrics.csv or cycle weights) but no "
+                    f"pool/cycle_*.json; refusing to start from scratch over them; restore "
+                    f"the pool files or delete the run folder"
+                )
+            pool, latest = dm.pool, 0
+            state = {"strategy_state_at": {"0": {}}, "step_offsets": {}, "seeds": {}}
+            initial = _cpu_state(self.module)
         else:
+            if state is None:
+                raise StateFileError(
+                    f"state file {self.state_path} is missing but {self.pool_path(latest)} "
+                    f"exists; restore it or delete the run folder to restart deliberately"
+                )
+            if str(latest) not in state["strategy_state_at"]:
+                raise StateFileError(
+                    f"state file {self.state_path} has no strategy state for cycle {latest} "
+                    f"(newest pool {self.pool_path(latest)}); it belongs to another run"
+                )
             pool = LabelPool.load(self.pool_path(latest))
             dm.attach_pool(pool)
-            self.progress(f"[mtal] {self.run_dir}: resuming at cycle {latest}")
+            initial = load_weights(self.init_path)
+            own = self.module.state_dict()
+            if set(initial) != set(own) or any(
+                tuple(initial[k].shape) != tuple(own[k].shape) for k in own
+            ):
+                raise ValueError(
+                    f"{self.init_path} does not fit this model (keys or shapes differ); "
+                    f"resume with the model configuration of the run (see config.yaml)"
+                )
+        if pool.num_labels == 0:
+            raise ValueError(
+                f"the labelled set is empty (data.initial={getattr(dm, 'initial', '?')}): "
+                f"cycle 0 has nothing to train on; set data.initial to a fraction in (0, 1] "
+                f"or an image count >= 1"
+            )
+        budget = budget_in_labels(s, pool.num_images, pool.num_tasks)
+        check_budget(self.strategy, pool, budget, s.cycles - 1 - latest, s.clamp_budget)
+        # read one training and one validation sample: a missing or unreadable dataset
+        # fails here, before the run folder is touched
+        dm.setup("fit")
+        _ = dm.train_dataloader().dataset[0]
+        val = dm.val_dataloader().dataset
+        if len(val):
+            _ = val[0]
+        seeds = state.setdefault("seeds", {})
+        seeds["loop"] = s.seed
+        seeds["pool"] = int(getattr(dm, "pool_seed", 0))
+        if self.config.get("seed_everything") is not None:
+            seeds["model_init"] = self.config["seed_everything"]
+        return pool, latest, state, initial, fresh
 
-        init_path = self.run_dir / "init_weights.pt"
-        if init_path.exists():
-            initial = load_weights(init_path)
+    def run(self) -> list[CycleResult]:
+        """Run the remaining cycles; returns one :class:`CycleResult` per cycle run here."""
+        s, dm = self.settings, self.datamodule
+        pool, latest, state, initial, fresh = self._prepare()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if fresh:
+            self._write_state(state)
+            save_weights(initial, self.init_path)
+            pool.save(self.pool_path(0))
+            self.progress(
+                f"[mtal] {self.run_dir}: new run, {pool.num_labelled_images} initial images"
+            )
         else:
-            initial = {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}
-            save_weights(initial, init_path)
-
-        k = len(pool.tasks)
-        budget = budget_in_labels(s, len(pool.image_ids), k)
-        strategy = create_strategy(s.strategy, clamp_budget=s.clamp_budget, **s.strategy_kwargs)
+            self.progress(f"[mtal] {self.run_dir}: resuming at cycle {latest}")
+        self._write_config()
+        budget = budget_in_labels(s, pool.num_images, pool.num_tasks)
         logger = create_logger(
             s.logger,
             self.run_dir,
@@ -362,32 +596,39 @@ class ActiveLearningLoop:
             group=s.experiment,
             name=f"{s.name or s.strategy}/seed{s.seed}",
             config={"loop": asdict(s), **self.config},
+            notes=s.description,
         )
         results: list[CycleResult] = []
-        done_rows = {int(r["cycle"]) for r in self.metrics.rows()}
-        ran = 0
-        for cycle in range(latest, s.cycles):
+        for ran, cycle in enumerate(range(latest, s.cycles)):
             if s.stop_after is not None and ran >= s.stop_after:
                 break
-            ran += 1
             start = time.perf_counter()
             weights_file = self.weights_path(cycle)
-            if weights_file.exists() and cycle in done_rows:
+            row = self.metrics.row(cycle)
+            if weights_file.exists() and row is not None:
                 self.module.load_state_dict(load_weights(weights_file))
-                row = next(r for r in self.metrics.rows() if int(r["cycle"]) == cycle)
-                metrics = {k2: float(v) for k2, v in row.items() if _is_number(v)}
+                metrics = {k: float(v) for k, v in row.items() if _is_number(v)}
             else:
                 metrics = self._fit_cycle(cycle, pool, initial, logger, state)
+            crash_point("after_fit")
             if cycle == s.cycles - 1:
                 results.append(CycleResult(cycle, metrics, 0))
                 break
-            selection = self._acquire(strategy, cycle, pool, budget, state)
-            apply_selection(pool, selection, cycle + 1)
-            write_selection_csv(
-                self.selection_path(cycle + 1), selection, pool, dm.train_dataset, cycle + 1
-            )
-            pool.save(self.pool_path(cycle + 1))  # labels are bought from here on
+            strategy_state = copy.deepcopy(state["strategy_state_at"][str(cycle)])
+            crash_point("before_select")
+            selection = self._acquire(cycle, pool, budget, state, strategy_state)
+            crash_point("after_select")
+            bought = pool.copy()
+            apply_selection(bought, selection, cycle + 1)
+            state["strategy_state_at"][str(cycle + 1)] = strategy_state
             self._write_state(state)
+            write_selection_csv(
+                self.selection_path(cycle + 1), selection, bought, dm.train_dataset, cycle + 1
+            )
+            crash_point("before_pool_write")
+            bought.save(self.pool_path(cycle + 1))  # labels are bought from here on
+            crash_point("after_pool_write")
+            pool = bought
             dm.attach_pool(pool)
             self.progress(
                 f"[mtal] cycle {cycle}: {metrics.get(s.monitor, float('nan')):.4f} {s.monitor}; "
@@ -398,6 +639,19 @@ class ActiveLearningLoop:
         if logger is not None:
             logger.finalize("success")
         return results
+
+    def _step_offset(self, cycle: int) -> int:
+        """The global step at which ``cycle`` starts: the step of the previous cycle's
+        metrics row (cumulative), so the axis is monotonic across cycles and reruns."""
+        if cycle == 0:
+            return 0
+        previous = self.metrics.row(cycle - 1)
+        if previous is None:
+            raise StateFileError(
+                f"{self.metrics.path} has no row for cycle {cycle - 1}, which cycle {cycle} "
+                f"continues from; restore it or delete the run folder"
+            )
+        return int(float(previous["step"]))
 
     def _fit_cycle(
         self,
@@ -416,9 +670,8 @@ class ActiveLearningLoop:
         else:
             self.module.load_state_dict(load_weights(self.weights_path(cycle - 1)))
         stats = pool_stats(pool)
-        offsets = state.setdefault("step_offsets", {})
-        offset = int(offsets.get(str(cycle), sum(int(v) for v in offsets.values())))
-        offsets[str(cycle)] = offset
+        offset = self._step_offset(cycle)
+        state.setdefault("step_offsets", {})[str(cycle)] = offset
         callback = ActiveLoop(cycle, stats, monitor=s.monitor, mode=s.monitor_mode)
         wrapped = OffsetLogger(logger, offset) if logger is not None else False
         trainer = self.make_trainer(callbacks=[callback], logger=wrapped)
@@ -432,21 +685,30 @@ class ActiveLearningLoop:
         metrics = {k: float(v) for k, v in (measured[0] if measured else {}).items()}
         row = {"cycle": cycle, **stats, "step": offset + steps, **metrics}
         if logger is not None:
-            logger.log_metrics({f"al/{k}" if "/" not in k else k: v for k, v in row.items()}, step=offset + steps)
+            logged = {f"al/{k}" if "/" not in k else k: v for k, v in row.items()}
+            logger.log_metrics(logged, step=offset + steps)
         self.metrics.put(row)
-        offsets[str(cycle + 1)] = offset + steps
         self._write_state(state)
         return metrics
 
     def _acquire(
-        self, strategy: Any, cycle: int, pool: LabelPool, budget: int, state: dict[str, Any]
+        self,
+        cycle: int,
+        pool: LabelPool,
+        budget: int,
+        state: dict[str, Any],
+        strategy_state: dict[str, Any],
     ) -> Selection:
+        """Select with the loop's strategy; torch/numpy are reseeded from (seed, cycle)
+        first, so MC dropout or auto-encoder training do not depend on what ran before."""
         from mtal.acquisition.base import AcquisitionContext
 
         net = getattr(self.module, "net", self.module)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         net.to(device)
-        strategy_state = state.setdefault("strategy_state", {})
+        seed = derive_seed(self.settings.seed, "select", cycle)
+        state["seeds"][f"select_cycle_{cycle}"] = seed
+        seed_everything(seed, workers=True, verbose=False)
         ctx = AcquisitionContext(
             model=net,
             tasks=dict(self.module.task_objects),
@@ -454,11 +716,10 @@ class ActiveLearningLoop:
             datamodule=self.datamodule,
             device=device,
             cycle=cycle,
-            seed=derive_seed(self.settings.seed, "select", cycle),
+            seed=seed,
             state=strategy_state,
         )
-        state["seeds"][f"select_cycle_{cycle}"] = ctx.seed
-        selection = strategy.select(ctx, budget)
+        selection = self.strategy.select(ctx, budget)
         net.to("cpu")
         return selection
 
@@ -479,4 +740,3 @@ def _is_number(value: str) -> bool:
     except (TypeError, ValueError):
         return False
     return True
-

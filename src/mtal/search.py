@@ -149,13 +149,14 @@ def _tolerance(m: float, rtol: float, atol: float) -> float:
 
 
 def _direct_rtol(dim: int) -> float:
-    """Relative error bound of a float32 ``Σ (x_i − c_i)²`` (any summation order), doubled.
+    """Rigorous relative slack for a float32 ``Σ (x_i − c_i)²`` (any summation order).
 
-    fl(x−c) is relatively exact; a sum of d non-negative terms errs by ≤ (d−1)·u
-    relative; squares add 2u; the max and a candidate each carry it, hence ×2, and a
-    further ×2 of slack.
+    Each computed distance (and so each running min) is within δ = γ_{d+2} ≈ (d+2)·u of
+    the exact one (the subtraction and square are relatively exact, a sum of d
+    non-negative terms errs by ≤ (d−1)·u). The exact argmax i* then satisfies
+    r[i*] ≥ max(r)·(1 − δ)/(1 + δ) ≥ max(r)·(1 − 2δ); 2.1·(d+3)·u covers that.
     """
-    return 4.0 * (dim + 3) * _U32
+    return 2.1 * (dim + 3) * _U32
 
 
 class _TorchRunningMin:
@@ -235,15 +236,12 @@ class _FaissRunningMin:
         return m, cand[:1] if m == 0.0 and self.atol == 0.0 else cand
 
 
-def _exact_pick(x: np.ndarray, cand: np.ndarray, centres: list[int]) -> int:
-    """Among candidates, the one farthest (float64) from its nearest centre; lowest index on ties."""
-    c = np.asarray(centres, dtype=np.int64)
-    q = x[cand].astype(np.float64)
-    best = np.full(len(cand), np.inf)
-    step = max(1, _BLOCK_ELEMS // max(1, len(cand) * x.shape[1]))
-    for s in range(0, len(c), step):
-        block = x[c[s : s + step]].astype(np.float64)
-        np.minimum(best, ((q[:, None, :] - block[None, :, :]) ** 2).sum(-1).min(1), out=best)
+def _exact_pick(x: np.ndarray, cand: np.ndarray, centres64: np.ndarray) -> int:
+    """Among candidates, the one farthest (float64) from its nearest centre (rows of
+    ``centres64``); lowest index among exact ties."""
+    from scipy.spatial.distance import cdist  # float64 direct differences, no N×C×d temporary
+
+    best = cdist(x[cand].astype(np.float64), centres64, "sqeuclidean").min(1)
     return int(cand[int(np.argmax(best))])  # argmax: first (lowest-index) maximum
 
 
@@ -312,10 +310,12 @@ def _faiss_has_gpu() -> bool:
     return _faiss_gpu_resources(faiss) is not None
 
 
-#: backend "auto" resolves to, per operation, from benchmarks/bench_search.py (2 CPU
-#: threads: faiss wins both on CPU). On a GPU host (unmeasured, by design): torch for
-#: k-center (device-resident running min; faiss's per-step GPU call copies the points
-#: each step); for nearest_distance faiss-GPU when faiss sees the GPU, else torch-CUDA.
+#: What backend "auto" resolves to, per operation. Measured by benchmarks/bench_search.py
+#: (CPU, 1 thread, N=20k, d=512): k-center faiss 26.0 s vs torch 49.1 s (float64
+#: reference 35.8 s); nearest faiss 0.48 s vs torch 0.69 s; so faiss on CPU hosts. On a
+#: GPU host (not measured: no GPU here): torch for k-center (running min stays on the
+#: device; faiss's per-step GPU call copies the points from the host each step) and
+#: faiss-GPU for nearest_distance when faiss sees the GPU, else torch-CUDA.
 _AUTO_RULES: dict[str, Any] = {
     "nearest_distance": lambda: "faiss" if _faiss_has_gpu() or not _has_cuda() else "torch",
     "k_center_greedy": lambda: "torch" if _has_cuda() else "faiss",
@@ -403,23 +403,28 @@ def k_center_greedy(
         return np.empty(0, dtype=np.int64)
 
     state = SEARCH_BACKENDS.get(name)().running_min(x)
-    centres = [int(i) for i in np.flatnonzero(mask)]
+    centres = np.flatnonzero(mask)
+    # float64 copies of the centre rows, grown as picks are made (for near-tie re-scoring)
+    centres64 = np.empty((len(centres) + budget, x.shape[1]), dtype=np.float64)
+    centres64[: len(centres)] = x[centres]
+    count = len(centres)
     picks: list[int] = []
-    if not centres:
-        first = int(np.random.default_rng(seed).integers(n))
-        picks.append(first)
-        centres.append(first)
-        state.update(first)
-        state.exclude(np.array([first]))
-    else:
-        for c in centres:
-            state.update(c)
-        state.exclude(np.asarray(centres))
-    while len(picks) < budget:
-        m, cand = state.candidates()
-        j = int(cand[0]) if len(cand) == 1 else _exact_pick(x, cand, centres)
+
+    def take(j: int) -> None:
+        nonlocal count
         picks.append(j)
-        centres.append(j)
+        centres64[count] = x[j]
+        count += 1
         state.update(j)
         state.exclude(np.array([j]))
+
+    if count == 0:
+        take(int(np.random.default_rng(seed).integers(n)))
+    else:
+        for c in centres:
+            state.update(int(c))
+        state.exclude(centres)
+    while len(picks) < budget:
+        _, cand = state.candidates()
+        take(int(cand[0]) if len(cand) == 1 else _exact_pick(x, cand, centres64[:count]))
     return np.asarray(picks, dtype=np.int64)

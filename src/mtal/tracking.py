@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -99,24 +100,56 @@ def create_logger(
     group: str,
     name: str,
     config: Mapping[str, Any] | None = None,
+    notes: str = "",
 ) -> Logger | None:
-    """The run's tracker: ``wandb`` (offline unless ``WANDB_MODE=online``), ``csv`` or ``none``."""
-    factories = {"wandb": _wandb_logger, "csv": _csv_logger, "none": lambda *a, **k: None}
-    if kind not in factories:
-        raise ValueError(f"loop.logger={kind!r} is not a logger; choose one of {sorted(factories)}")
-    return factories[kind](run_dir, project=project, group=group, name=name, config=config)
+    """The run's tracker: ``wandb`` (offline unless ``WANDB_MODE=online``), ``csv`` or ``none``.
+
+    Every string handed to the tracker (config, notes, project/group/run names) is
+    redacted first; the API key itself is only ever read by wandb from its environment.
+    """
+    if kind not in LOGGER_KINDS:
+        raise ValueError(
+            f"loop.logger={kind!r} is not a logger; choose one of {list(LOGGER_KINDS)}"
+        )
+    return LOGGER_KINDS[kind](
+        run_dir, project=project, group=group, name=name, config=config, notes=notes
+    )
+
+
+def _identifier(text: str) -> str:
+    """A redacted name W&B accepts (letters, digits, ``_-./``)."""
+    return re.sub(r"[^A-Za-z0-9_./-]", "-", redact(text).replace(REDACTED, "redacted"))
+
+
+def argv_has_secret(argv: list[str] | None = None) -> bool:
+    """Whether the command line (default ``sys.argv``) holds something :func:`redact` hides."""
+    argv = list(sys.argv if argv is None else argv)
+    return redact(argv) != argv or any(_SECRET_KEY.search(a) for a in argv)
 
 
 def _wandb_logger(
-    run_dir: Path, *, project: str, group: str, name: str, config: Mapping[str, Any] | None
+    run_dir: Path,
+    *,
+    project: str,
+    group: str,
+    name: str,
+    config: Mapping[str, Any] | None,
+    notes: str = "",
 ) -> Logger:
     from lightning.pytorch.loggers import WandbLogger
 
     mode = os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
+    group, name = _identifier(group), _identifier(name)
     run_id = re.sub(r"[^A-Za-z0-9_-]", "-", f"{group}-{name}")[:120]
+    extra: dict[str, Any] = {}
+    if argv_has_secret():
+        # wandb records the command line in the run's metadata; keep it out of the run
+        import wandb
+
+        extra["settings"] = wandb.Settings(x_disable_meta=True)
     logger = WandbLogger(
-        project=project,
+        project=_identifier(project),
         group=group,
         name=name,
         id=run_id,
@@ -124,6 +157,8 @@ def _wandb_logger(
         save_dir=str(run_dir),
         offline=mode != "online",
         log_model=False,
+        notes=redact(notes) or None,
+        **extra,
     )
     if config is not None:
         logger.log_hyperparams(redact(dict(config)))
@@ -131,7 +166,13 @@ def _wandb_logger(
 
 
 def _csv_logger(
-    run_dir: Path, *, project: str, group: str, name: str, config: Mapping[str, Any] | None
+    run_dir: Path,
+    *,
+    project: str,
+    group: str,
+    name: str,
+    config: Mapping[str, Any] | None,
+    notes: str = "",
 ) -> Logger:
     from lightning.pytorch.loggers import CSVLogger
 
@@ -139,3 +180,15 @@ def _csv_logger(
     if config is not None:
         logger.log_hyperparams(redact(dict(config)))
     return logger
+
+
+def _no_logger(run_dir: Path, **_: Any) -> None:
+    return None
+
+
+#: ``loop.logger`` value → factory(run_dir, project=, group=, name=, config=, notes=)
+LOGGER_KINDS: dict[str, Callable[..., Logger | None]] = {
+    "wandb": _wandb_logger,
+    "csv": _csv_logger,
+    "none": _no_logger,
+}

@@ -188,7 +188,7 @@ class ActiveDataModule(L.LightningDataModule):
         batch_size: int = 8,
         eval_batch_size: int = 16,
         num_workers: int = 0,
-        initial: float | int = 0.1,
+        initial: int | float = 0.1,
         pool_seed: int = 0,
         pool_size: int | None = None,
         val_size: int | None = None,

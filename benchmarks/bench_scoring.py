@@ -1,0 +1,532 @@
+"""Pool-scoring cost of the acquisition strategies, relative to one plain inference pass,
+and peak memory of scoring versus pool size. Prints markdown tables.
+
+Run (about 5-6 min on a shared 2-core CPU; ``--quick``: tiny sizes, under a minute)::
+
+    WANDB_MODE=disabled NO_ALBUMENTATIONS_UPDATE=1 OMP_NUM_THREADS=1 \\
+        .venv/bin/python benchmarks/bench_scoring.py [--quick] [--threads auto|1|2]
+
+Setting: synthetic scenes, PAD-Net on the tiny CNN, CPU, eval batch 16, the five
+PASCAL-Context tasks. The pool's scenes are rendered once before timing (dataset
+cache), so times are model + scoring work, not scene rendering.
+
+1. Time. Reference = ONE plain inference pass: ``model(image)`` under
+   ``torch.inference_mode`` over the same unlabelled images through the same
+   ``datamodule.pool_loader``. Each strategy's ``select()`` is timed in full, and the
+   time spent inside its streaming passes (``mtal.acquisition.scoring.stream_summaries``,
+   wrapped here, the strategy files are untouched) is reported as "scoring passes".
+   Ratios use CPU seconds of this process (``time.process_time``, robust to other
+   users of a shared machine); wall-clock ratios are printed alongside.
+2. Memory. For each pool size, a fresh process (forked from a server that has only
+   imported the libraries) builds the pool and model, runs ``select()`` once and
+   reports the peak RSS increase (``resource.getrusage`` ``ru_maxrss`` minus the RSS
+   before the call) and the tracemalloc peak (Python/numpy allocations only: torch's
+   CPU allocator is invisible to tracemalloc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import importlib
+import multiprocessing
+import os
+import resource
+import statistics
+import time
+import tracemalloc
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import psutil
+import torch
+
+from mtal.acquisition import AcquisitionContext, create_strategy, scoring
+from mtal.acquisition.diversity import pooled_task_features
+from mtal.data.datamodule import ActiveDataModule
+from mtal.models import create_model
+
+#: PASCAL-Context's five tasks (PAD-Net's committee=1 has C5 members per task: 4 pairs)
+TASKS = ("semseg", "parts", "saliency", "normals", "edge")
+#: model variants: the keyword arguments of ``create_model("padnet", ...)``
+MODELS: dict[str, dict[str, Any]] = {
+    "padnet": {},
+    "padnet+loss_prediction": {"loss_prediction": True},
+    "padnet+gt_substitution": {"gt_substitution": True},
+}
+#: modules whose ``stream_summaries`` / diversity helpers are wrapped with timers
+STRATEGY_MODULES = (
+    "mtal.acquisition.scoring",
+    "mtal.acquisition.coreset",
+    "mtal.acquisition.equal",
+    "mtal.acquisition.ll4al",
+    "mtal.acquisition.mtal_consistency",
+    "mtal.acquisition.partal",
+    "mtal.acquisition.rbal",
+)
+#: mtal's non-scoring stages, timed separately (module attribute → label)
+MTAL_STAGES = {
+    "train_autoencoder": "AE training",
+    "train_discriminator": "discriminator training",
+    "encode_all": "AE encoding",
+    "_nearest": "nearest-neighbour search",
+}
+MTAL_TARGET = 2.0  # mtal's scoring pass must cost <= 2 plain inference passes
+
+
+@dataclass(frozen=True)
+class Case:
+    """One timed strategy: table label, registry name, keyword arguments, model variant."""
+
+    label: str
+    name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    model: str = "padnet"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """Sizes of one benchmark run."""
+
+    size: tuple[int, int]
+    n_unlabelled: int
+    n_labelled: int
+    batch: int
+    repeats: int
+    mc_samples: int
+    mem_sizes: tuple[int, ...]
+    mem_cases: tuple[Case, ...]
+    breakdown_images: int
+
+
+def timing_cases(mc_samples: int) -> list[Case]:
+    """The strategies of part 1 (MC strategies with ``mc_samples`` dropout samples)."""
+    return [
+        Case("random", "random"),
+        Case("coreset", "coreset"),
+        Case("mtal (C5, committee=1)", "mtal", {"committee": 1}),
+        Case("mtal (C11, committee=2)", "mtal", {"committee": 2}),
+        Case("mtal (C15, committee=3)", "mtal", {"committee": 3}),
+        Case("ll4al", "ll4al", {}, "padnet+loss_prediction"),
+        Case("equal", "equal"),
+        Case(f"rbal (S={mc_samples})", "rbal", {"mc_samples": mc_samples}),
+        Case(
+            f"partal (S={mc_samples})",
+            "partal",
+            {"mc_samples": mc_samples},
+            "padnet+gt_substitution",
+        ),
+    ]
+
+
+FULL = Setting(
+    size=(64, 80),
+    n_unlabelled=128,
+    n_labelled=16,
+    batch=16,
+    repeats=3,
+    mc_samples=8,
+    mem_sizes=(32, 128, 512),
+    mem_cases=(
+        Case("mtal (C5)", "mtal", {"committee": 1}),
+        Case("partal (S=8)", "partal", {"mc_samples": 8}, "padnet+gt_substitution"),
+    ),
+    breakdown_images=64,
+)
+QUICK = Setting(
+    size=(32, 40),
+    n_unlabelled=16,
+    n_labelled=8,
+    batch=8,
+    repeats=1,
+    mc_samples=2,
+    mem_sizes=(8, 32),
+    mem_cases=(
+        Case("mtal (C5)", "mtal", {"committee": 1, "ae_epochs": 2}),
+        Case("partal (S=2)", "partal", {"mc_samples": 2}, "padnet+gt_substitution"),
+    ),
+    breakdown_images=16,
+)
+
+
+# -- measurement helpers --------------------------------------------------------------
+@dataclass
+class Clock:
+    """CPU and wall seconds accumulated by :meth:`measure`."""
+
+    cpu: float = 0.0
+    wall: float = 0.0
+    calls: int = 0
+
+    @contextlib.contextmanager
+    def measure(self) -> Iterator[None]:
+        """Add the CPU (this process) and wall time of the block."""
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        try:
+            yield
+        finally:
+            self.cpu += time.process_time() - cpu0
+            self.wall += time.perf_counter() - wall0
+            self.calls += 1
+
+
+def timed(fn: Callable[[], object]) -> Clock:
+    """CPU and wall seconds of one call of ``fn``."""
+    clock = Clock()
+    with clock.measure():
+        fn()
+    return clock
+
+
+def _labelled_only(ctx: AcquisitionContext, indices: Any) -> bool:
+    """Whether a scoring pass runs over labelled images only (the diversity strategies'
+    pass over the labelled set, avoidable with ``AcquisitionContext.train_features``)."""
+    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+    return bool(idx.size) and bool(np.asarray(ctx.pool.labelled)[idx].any(axis=1).all())
+
+
+@contextlib.contextmanager
+def instrumented(clocks: dict[str, Clock]) -> Iterator[None]:
+    """Wrap ``stream_summaries`` (label ``"scoring"``, or ``"scoring (labelled images)"``
+    for a pass over labelled images only) and mtal's diversity stages (labels of
+    :data:`MTAL_STAGES`) in every strategy module with timers, accumulated into
+    ``clocks``; restore them after. Nested calls are counted once (the outermost)."""
+    depth = {"n": 0}
+    patched: list[tuple[Any, str, Any]] = []
+
+    def wrap(fn: Callable[..., Any], label: str) -> Callable[..., Any]:
+        def inner(*args: Any, **kwargs: Any) -> Any:
+            if depth["n"]:
+                return fn(*args, **kwargs)
+            key = label
+            if label == "scoring" and _labelled_only(args[0], args[1]):
+                key = "scoring (labelled images)"
+            depth["n"] += 1
+            try:
+                with clocks.setdefault(key, Clock()).measure():
+                    return fn(*args, **kwargs)
+            finally:
+                depth["n"] -= 1
+
+        return inner
+
+    targets = {"stream_summaries": "scoring", **MTAL_STAGES}
+    try:
+        for mod_name in STRATEGY_MODULES:
+            module = importlib.import_module(mod_name)
+            for attr, label in targets.items():
+                if hasattr(module, attr):
+                    original = getattr(module, attr)
+                    patched.append((module, attr, original))
+                    setattr(module, attr, wrap(original, label))
+        yield
+    finally:
+        for module, attr, original in reversed(patched):
+            setattr(module, attr, original)
+
+
+def build(
+    setting: Setting, n_unlabelled: int, model_kwargs: dict[str, Any], cache: bool
+) -> AcquisitionContext:
+    """A pool of ``n_labelled`` fully labelled + ``n_unlabelled`` unlabelled synthetic scenes
+    and a seeded PAD-Net (tiny CNN) → an acquisition context."""
+    dm = ActiveDataModule(
+        dataset="synthetic",
+        tasks=list(TASKS),
+        size=setting.size,
+        pool_size=n_unlabelled + setting.n_labelled,
+        val_size=2,
+        initial=setting.n_labelled,
+        eval_batch_size=setting.batch,
+        dataset_kwargs={"cache": cache},
+    )
+    dm.setup("fit")
+    torch.manual_seed(0)
+    model = create_model("padnet", tasks=dm.task_objects, backbone="tiny_cnn", **model_kwargs)
+    model.eval()
+    return AcquisitionContext(
+        model=model, tasks=dm.task_objects, pool=dm.pool, datamodule=dm, cycle=1, seed=0
+    )
+
+
+def plain_pass(ctx: AcquisitionContext, indices: np.ndarray) -> None:
+    """The reference: one ``model(image)`` per pool batch, inference mode, eval mode."""
+    ctx.model.eval()
+    with torch.inference_mode():
+        for batch in ctx.datamodule.pool_loader(indices):
+            ctx.model(batch["image"])
+
+
+def budget_for(ctx: AcquisitionContext) -> int:
+    """Labels to buy: 8 whole images' worth (K labels each)."""
+    return 8 * len(ctx.tasks)
+
+
+def median_clock(clocks: list[Clock]) -> Clock:
+    """Per-field median of repeated measurements."""
+    return Clock(
+        cpu=statistics.median(c.cpu for c in clocks),
+        wall=statistics.median(c.wall for c in clocks),
+        calls=len(clocks),
+    )
+
+
+# -- part 1: time ---------------------------------------------------------------------
+@dataclass
+class TimeRow:
+    """Times of one strategy and the plain pass it is compared with."""
+
+    case: Case
+    select: Clock
+    scoring: Clock
+    labelled: Clock
+    stages: dict[str, Clock]
+    reference: Clock
+
+
+def bench_time(setting: Setting) -> tuple[list[TimeRow], dict[str, Clock]]:
+    """Time every case's ``select`` (scoring passes separately) and the plain pass of each
+    model variant; returns rows and the reference clock per model variant."""
+    contexts: dict[str, AcquisitionContext] = {}
+    references: dict[str, Clock] = {}
+    rows: list[TimeRow] = []
+    for case in timing_cases(setting.mc_samples):
+        if case.model not in contexts:
+            ctx = build(setting, setting.n_unlabelled, MODELS[case.model], cache=True)
+            unl = np.asarray(ctx.pool.unlabelled_images())
+            everything = np.arange(ctx.num_images)
+            plain_pass(ctx, everything)  # renders and caches every scene; warms up
+            runs = [
+                timed(lambda ctx=ctx, unl=unl: plain_pass(ctx, unl)) for _ in range(setting.repeats)
+            ]
+            contexts[case.model], references[case.model] = ctx, median_clock(runs)
+        ctx = contexts[case.model]
+        ctx.state = {}
+        strategy = create_strategy(case.name, **case.kwargs)
+        clocks: dict[str, Clock] = {}
+        with instrumented(clocks):
+            total = timed(lambda ctx=ctx, strategy=strategy: strategy.select(ctx, budget_for(ctx)))
+        scoring_clock = clocks.pop("scoring", Clock())
+        labelled_clock = clocks.pop("scoring (labelled images)", Clock())
+        stages = {k: v for k, v in clocks.items() if v.calls}
+        rows.append(
+            TimeRow(case, total, scoring_clock, labelled_clock, stages, references[case.model])
+        )
+        print(
+            f"  timed {case.label}: select {total.cpu:.1f} CPU-s, scoring "
+            f"{scoring_clock.cpu:.1f} CPU-s (plain {references[case.model].cpu:.1f})",
+            flush=True,
+        )
+    return rows, references
+
+
+def time_table(rows: list[TimeRow], setting: Setting, threads: int) -> str:
+    """Markdown table of part 1."""
+    lines = [
+        f"Pool scoring time, N = {setting.n_unlabelled} unlabelled + {setting.n_labelled} "
+        f"labelled images, {setting.size[0]}×{setting.size[1]}, {len(TASKS)} tasks, PAD-Net "
+        f"tiny_cnn, batch {setting.batch}, CPU, {threads} torch thread(s); ratio = CPU "
+        "seconds / CPU seconds of one plain inference pass over the same unlabelled images "
+        "(wall-clock ratio in brackets).",
+        "",
+        "| strategy | plain pass (CPU s) | scoring pass, unlabelled (CPU s) | "
+        "**scoring / plain** | + pass over labelled (CPU s) | full select (CPU s) | "
+        "select / plain | other stages of select (CPU s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ref = r.reference
+        stages = ", ".join(f"{MTAL_STAGES.get(k, k)} {c.cpu:.2f}" for k, c in r.stages.items())
+        labelled = f"{r.labelled.cpu:.2f}" if r.labelled.calls else "—"
+        lines.append(
+            f"| {r.case.label} | {ref.cpu:.2f} | {r.scoring.cpu:.2f} | "
+            f"**{r.scoring.cpu / ref.cpu:.2f}×** ({r.scoring.wall / ref.wall:.2f}×) | "
+            f"{labelled} | {r.select.cpu:.2f} | {r.select.cpu / ref.cpu:.2f}× "
+            f"({r.select.wall / ref.wall:.2f}×) | {stages or '—'} |"
+        )
+    return "\n".join(lines)
+
+
+# -- mtal breakdown -------------------------------------------------------------------
+def mtal_breakdown(setting: Setting) -> str:
+    """Where mtal's scoring pass goes, per stage of its per-batch summary, on the first
+    ``breakdown_images`` unlabelled images (batches loaded once, then each stage timed
+    on the same batches): plain forward, committee=1 forward, inconsistency, pooled
+    features; plus the loader alone."""
+    ctx = build(setting, setting.breakdown_images, MODELS["padnet"], cache=True)
+    strategy = create_strategy("mtal", committee=1)
+    names = list(ctx.tasks)
+    unl = np.asarray(ctx.pool.unlabelled_images())
+    plain_pass(ctx, np.arange(ctx.num_images))  # render + warm up
+    loader = Clock()
+    with loader.measure():
+        batches = [b["image"] for b in ctx.datamodule.pool_loader(unl)]
+    clocks = {k: Clock() for k in ("plain", "committee", "incons", "feat")}
+    with scoring.eval_mode(ctx.model), torch.inference_mode():
+        for image in batches:
+            with clocks["plain"].measure():
+                ctx.model(image)
+            with clocks["committee"].measure():
+                out = ctx.model(image, committee=1)
+            with clocks["incons"].measure():
+                strategy.inconsistency(ctx, out)
+            with clocks["feat"].measure():
+                pooled_task_features(out.task_features, names, strategy.feature_pool)
+    ref = clocks["plain"].cpu + loader.cpu
+    parts = [
+        ("loader (cached scenes, eval transform, collate)", loader),
+        ("model(image) (plain forward)", clocks["plain"]),
+        ("model(image, committee=1)", clocks["committee"]),
+        ("inconsistency (Task.discrepancy × members)", clocks["incons"]),
+        ("pooled task features", clocks["feat"]),
+    ]
+    lines = [
+        f"mtal scoring breakdown, {len(unl)} images (same batches for every stage; "
+        "share = CPU seconds / (loader + plain forward), i.e. / one plain pass):",
+        "",
+        "| stage | CPU s | share of one plain pass |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {label} | {c.cpu:.2f} | {c.cpu / ref:.2f}× |" for label, c in parts]
+    total = loader.cpu + sum(clocks[k].cpu for k in ("committee", "incons", "feat"))
+    lines.append(
+        f"| **mtal summary pass (loader + committee + incons + feat)** | {total:.2f} | "
+        f"{total / ref:.2f}× |"
+    )
+    return "\n".join(lines)
+
+
+# -- part 2: memory -------------------------------------------------------------------
+def output_bytes_per_image(ctx: AcquisitionContext, committee: int) -> int:
+    """Bytes of one image's full-resolution outputs (final, initial, committee members)
+    as float32: what scoring would retain per image if it kept its predictions."""
+    with torch.inference_mode():
+        image = next(iter(ctx.datamodule.pool_loader([0])))["image"][:1]
+        out = ctx.model(image, committee=committee)
+    maps = list(out.final.values()) + list((out.initial or {}).values())
+    for members in (out.committee or {}).values():
+        maps += [m for name, m in members.items() if name != "initial"]
+    return int(sum(m.numel() for m in maps)) * 4
+
+
+def memory_worker(setting: Setting, case: Case, n_unlabelled: int, threads: int) -> dict:
+    """In a fresh process: build a pool of ``n_unlabelled`` images (no scene cache), run
+    ``select`` once, return peak RSS increase and tracemalloc peak (bytes)."""
+    torch.set_num_threads(threads)
+    ctx = build(setting, n_unlabelled, MODELS[case.model], cache=False)
+    with torch.inference_mode():  # load kernels/weights with a 1-image forward
+        ctx.model(next(iter(ctx.datamodule.pool_loader([0])))["image"][:1])
+    strategy = create_strategy(case.name, **case.kwargs)
+    proc = psutil.Process()
+    rss_before = proc.memory_info().rss
+    maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    tracemalloc.start()
+    strategy.select(ctx, budget_for(ctx))
+    _, py_peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    maxrss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {
+        "rss_before": rss_before,
+        "maxrss_before": maxrss_before,
+        "peak_increase": maxrss_after - rss_before,
+        "tracemalloc_peak": py_peak,
+        "output_bytes": output_bytes_per_image(ctx, case.kwargs.get("committee", 0)),
+    }
+
+
+def bench_memory(setting: Setting, threads: int) -> list[tuple[Case, int, dict]]:
+    """Run :func:`memory_worker` for every memory case and pool size, each in a new
+    process forked from a forkserver that has imported torch and mtal only."""
+    mp = multiprocessing.get_context("forkserver")
+    mp.set_forkserver_preload(["torch", "mtal.acquisition", "mtal.data.datamodule", "mtal.models"])
+    results = []
+    for case in setting.mem_cases:
+        for n in setting.mem_sizes:
+            with concurrent.futures.ProcessPoolExecutor(
+                max_workers=1, mp_context=mp, max_tasks_per_child=1
+            ) as pool:
+                res = pool.submit(memory_worker, setting, case, n, threads).result()
+            results.append((case, n, res))
+            print(
+                f"  memory {case.label} N={n}: +{res['peak_increase'] / 2**20:.1f} MiB peak RSS",
+                flush=True,
+            )
+    return results
+
+
+def memory_table(results: list[tuple[Case, int, dict]], setting: Setting) -> str:
+    """Markdown table of part 2, with the largest/smallest ratio per strategy."""
+    mib = 2**20
+    lines = [
+        f"Peak memory of one select() vs pool size (fresh process per row, "
+        f"{setting.n_labelled} labelled + N unlabelled images, {setting.size[0]}×"
+        f"{setting.size[1]}, no scene cache). 'kept outputs' = what retaining every "
+        "image's full-resolution outputs (final + initial + committee) would take.",
+        "",
+        "| strategy | N unlabelled | peak RSS increase (MiB) | tracemalloc peak (MiB) | "
+        "kept outputs would be (MiB) |",
+        "|---|---|---|---|---|",
+    ]
+    summary = []
+    for case in setting.mem_cases:
+        mine = [(n, r) for c, n, r in results if c == case]
+        for n, r in mine:
+            lines.append(
+                f"| {case.label} | {n} | {r['peak_increase'] / mib:.1f} | "
+                f"{r['tracemalloc_peak'] / mib:.2f} | {r['output_bytes'] * n / mib:.0f} |"
+            )
+        (n_lo, lo), (n_hi, hi) = mine[0], mine[-1]
+        summary.append(
+            f"{case.label}: pool ×{n_hi / n_lo:.0f} ({n_lo}→{n_hi}) → peak RSS increase "
+            f"×{hi['peak_increase'] / max(lo['peak_increase'], 1):.2f} "
+            f"({lo['peak_increase'] / mib:.1f}→{hi['peak_increase'] / mib:.1f} MiB), "
+            f"tracemalloc ×{hi['tracemalloc_peak'] / max(lo['tracemalloc_peak'], 1):.2f}"
+        )
+    return "\n".join(lines + [""] + [f"- {s}" for s in summary])
+
+
+# -- main -----------------------------------------------------------------------------
+def choose_threads(arg: str) -> int:
+    """``auto``: 2 torch threads when the 1-minute load average leaves a core free, else 1."""
+    if arg != "auto":
+        return int(arg)
+    return 2 if os.getloadavg()[0] < 1.0 else 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (< 60 s)")
+    parser.add_argument("--threads", default="auto", help="torch threads: auto, 1 or 2")
+    parser.add_argument("--skip-memory", action="store_true", help="part 1 only")
+    parser.add_argument("--n", type=int, default=None, help="unlabelled images for part 1")
+    args = parser.parse_args()
+    setting = QUICK if args.quick else FULL
+    if args.n is not None:
+        setting = replace(setting, n_unlabelled=args.n)
+    threads = choose_threads(args.threads)
+    torch.set_num_threads(threads)
+    load = os.getloadavg()
+    start = time.perf_counter()
+    print(
+        f"torch {torch.__version__}, {threads} torch thread(s), {os.cpu_count()} CPUs, "
+        f"load average {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}",
+        flush=True,
+    )
+    rows, _ = bench_time(setting)
+    breakdown = mtal_breakdown(setting)
+    memory = None if args.skip_memory else bench_memory(setting, threads)
+    print()
+    print(time_table(rows, setting, threads))
+    print()
+    print(breakdown)
+    if memory is not None:
+        print()
+        print(memory_table(memory, setting))
+    print(f"\ntotal runtime {time.perf_counter() - start:.0f} s (wall)")
+
+
+if __name__ == "__main__":
+    main()
