@@ -13,6 +13,7 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 #: commands that are not LightningCLI subcommands: name -> "module:function(argv)"
@@ -35,6 +36,22 @@ def _environment() -> None:
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+
+#: used when a LightningCLI subcommand is given no --config (see default_config.yaml)
+DEFAULT_CONFIG = Path(__file__).with_name("default_config.yaml")
+
+
+def with_default_config(argv: list[str]) -> list[str]:
+    """Insert ``--config default_config.yaml`` after the subcommand when none is given,
+    so that ``mtal loop`` alone runs a small procedural experiment."""
+    if (
+        not argv
+        or argv[0].startswith("-")
+        or any(a in ("--config", "-c") or a.startswith("--config=") for a in argv)
+    ):
+        return argv
+    return [argv[0], "--config", str(DEFAULT_CONFIG), *argv[1:]]
 
 
 def default_precision() -> str:
@@ -73,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] in PLAIN_COMMANDS:
         module_name, func = PLAIN_COMMANDS[argv[0]].split(":")
         return int(getattr(importlib.import_module(module_name), func)(argv[1:]) or 0)
-    run_cli(argv)
+    run_cli(with_default_config(argv))
     return 0
 
 
