@@ -97,8 +97,7 @@ class Setting:
     batch: int
     repeats: int
     mc_samples: int
-    mem_sizes: tuple[int, ...]
-    mem_cases: tuple[Case, ...]
+    mem_cases: tuple[tuple[Case, tuple[int, ...]], ...]
     breakdown_images: int
 
 
@@ -124,15 +123,17 @@ def timing_cases(mc_samples: int) -> list[Case]:
 
 FULL = Setting(
     size=(64, 80),
-    n_unlabelled=128,
+    n_unlabelled=96,
     n_labelled=16,
     batch=16,
     repeats=3,
     mc_samples=8,
-    mem_sizes=(32, 128, 512),
     mem_cases=(
-        Case("mtal (C5)", "mtal", {"committee": 1}),
-        Case("partal (S=8)", "partal", {"mc_samples": 8}, "padnet+gt_substitution"),
+        (Case("mtal (C5)", "mtal", {"committee": 1}), (32, 128, 512)),
+        (
+            Case("partal (S=8)", "partal", {"mc_samples": 8}, "padnet+gt_substitution"),
+            (32, 96, 256),
+        ),
     ),
     breakdown_images=64,
 )
@@ -143,10 +144,9 @@ QUICK = Setting(
     batch=8,
     repeats=1,
     mc_samples=2,
-    mem_sizes=(8, 32),
     mem_cases=(
-        Case("mtal (C5)", "mtal", {"committee": 1, "ae_epochs": 2}),
-        Case("partal (S=2)", "partal", {"mc_samples": 2}, "padnet+gt_substitution"),
+        (Case("mtal (C5)", "mtal", {"committee": 1, "ae_epochs": 2}), (8, 32)),
+        (Case("partal (S=2)", "partal", {"mc_samples": 2}, "padnet+gt_substitution"), (8, 32)),
     ),
     breakdown_images=16,
 )
@@ -431,6 +431,7 @@ def memory_worker(setting: Setting, case: Case, n_unlabelled: int, threads: int)
     return {
         "rss_before": rss_before,
         "maxrss_before": maxrss_before,
+        "maxrss_after": maxrss_after,
         "peak_increase": maxrss_after - rss_before,
         "tracemalloc_peak": py_peak,
         "output_bytes": output_bytes_per_image(ctx, case.kwargs.get("committee", 0)),
@@ -443,8 +444,8 @@ def bench_memory(setting: Setting, threads: int) -> list[tuple[Case, int, dict]]
     mp = multiprocessing.get_context("forkserver")
     mp.set_forkserver_preload(["torch", "mtal.acquisition", "mtal.data.datamodule", "mtal.models"])
     results = []
-    for case in setting.mem_cases:
-        for n in setting.mem_sizes:
+    for case, sizes in setting.mem_cases:
+        for n in sizes:
             with concurrent.futures.ProcessPoolExecutor(
                 max_workers=1, mp_context=mp, max_tasks_per_child=1
             ) as pool:
@@ -471,19 +472,25 @@ def memory_table(results: list[tuple[Case, int, dict]], setting: Setting) -> str
         "|---|---|---|---|---|",
     ]
     summary = []
-    for case in setting.mem_cases:
+    for case, _ in setting.mem_cases:
         mine = [(n, r) for c, n, r in results if c == case]
         for n, r in mine:
+            flag = "" if r["maxrss_after"] > r["maxrss_before"] else " (≤; below an earlier peak)"
             lines.append(
-                f"| {case.label} | {n} | {r['peak_increase'] / mib:.1f} | "
+                f"| {case.label} | {n} | {r['peak_increase'] / mib:.1f}{flag} | "
                 f"{r['tracemalloc_peak'] / mib:.2f} | {r['output_bytes'] * n / mib:.0f} |"
             )
         (n_lo, lo), (n_hi, hi) = mine[0], mine[-1]
+        # least-squares slope of the peak over all sizes (bytes per extra image)
+        sizes, peaks = [n for n, _ in mine], [r["peak_increase"] for _, r in mine]
+        slope = float(np.polyfit(sizes, peaks, 1)[0])
         summary.append(
             f"{case.label}: pool ×{n_hi / n_lo:.0f} ({n_lo}→{n_hi}) → peak RSS increase "
             f"×{hi['peak_increase'] / max(lo['peak_increase'], 1):.2f} "
-            f"({lo['peak_increase'] / mib:.1f}→{hi['peak_increase'] / mib:.1f} MiB), "
-            f"tracemalloc ×{hi['tracemalloc_peak'] / max(lo['tracemalloc_peak'], 1):.2f}"
+            f"({lo['peak_increase'] / mib:.1f}→{hi['peak_increase'] / mib:.1f} MiB, "
+            f"fitted slope {slope / 1024:.0f} KiB per extra image vs {hi['output_bytes'] / 1024:.0f} KiB of "
+            f"full-resolution outputs per image), tracemalloc "
+            f"×{hi['tracemalloc_peak'] / max(lo['tracemalloc_peak'], 1):.2f}"
         )
     return "\n".join(lines + [""] + [f"- {s}" for s in summary])
 

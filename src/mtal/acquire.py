@@ -42,10 +42,12 @@ def acquire_once(
 ) -> Path:
     """Score the pool with ``strategy`` and write the request CSV to ``out``.
 
-    The pool file is never modified in place; with ``pool_out`` the pool including the
-    requested labels (marked as bought in ``cycle``, default: the pool's newest cycle + 1)
-    is written there atomically. The selection is seeded from ``(seed, cycle)`` exactly
-    as the loop seeds it, so it repeats the loop's choice for the same weights and pool.
+    ``cycle`` is the cycle the labels are bought for (default: the pool's newest cycle
+    + 1); the pool file is never modified in place, and with ``pool_out`` the pool
+    including the requested labels (marked with ``cycle``) is written there atomically.
+    The selection is made by cycle ``cycle - 1`` and seeded exactly as the loop seeds it,
+    so for the loop's weights and pool of cycle ``c`` it repeats the loop's request
+    ``selections/cycle_<c+1>.csv`` (for strategies without cross-cycle state).
     """
     from mtal.acquisition import create_strategy
     from mtal.acquisition.base import AcquisitionContext
@@ -57,10 +59,12 @@ def acquire_once(
     module.load_state_dict(load_weights(weights))
     if cycle is None:
         cycle = int(label_pool.cycle.max()) + 1
+    if cycle < 1:
+        raise ValueError(f"acquire: cycle={cycle}; labels are bought for cycle 1 or later")
     settings = LoopSettings(budget=budget, budget_unit=budget_unit)  # type: ignore[arg-type]
     labels = budget_in_labels(settings, len(label_pool.image_ids), len(label_pool.tasks))
     check_budget(chooser, label_pool, labels, 1, clamp_budget)
-    select_seed = derive_seed(seed, "select", cycle)
+    select_seed = derive_seed(seed, "select", cycle - 1)
     seed_everything(select_seed, workers=True, verbose=False)
     net = getattr(module, "net", module)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -71,7 +75,7 @@ def acquire_once(
         pool=label_pool,
         datamodule=datamodule,
         device=device,
-        cycle=cycle,
+        cycle=cycle - 1,
         seed=select_seed,
         state={},
     )

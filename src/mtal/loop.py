@@ -52,7 +52,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 
 from mtal.io import StateFileError, atomic_write_bytes, read_checked_json, write_checked_json
-from mtal.tracking import OffsetLogger, create_logger, redact
+from mtal.tracking import OffsetLogger, close_logger, create_logger, redact
 
 if TYPE_CHECKING:
     from mtal.acquisition.base import Selection
@@ -551,6 +551,10 @@ class ActiveLearningLoop:
                     f"{self.init_path} does not fit this model (keys or shapes differ); "
                     f"resume with the model configuration of the run (see config.yaml)"
                 )
+        # the weights a rerun reads next must load (a truncated file fails here)
+        for needed in {latest, latest - 1} if s.continuous else {latest}:
+            if needed >= 0 and self.weights_path(needed).exists():
+                load_weights(self.weights_path(needed))
         if pool.num_labels == 0:
             raise ValueError(
                 f"the labelled set is empty (data.initial={getattr(dm, 'initial', '?')}): "
@@ -566,6 +570,7 @@ class ActiveLearningLoop:
         val = dm.val_dataloader().dataset
         if len(val):
             _ = val[0]
+        state.setdefault("step_offsets", {})
         seeds = state.setdefault("seeds", {})
         seeds["loop"] = s.seed
         seeds["pool"] = int(getattr(dm, "pool_seed", 0))
@@ -599,45 +604,50 @@ class ActiveLearningLoop:
             notes=s.description,
         )
         results: list[CycleResult] = []
-        for ran, cycle in enumerate(range(latest, s.cycles)):
-            if s.stop_after is not None and ran >= s.stop_after:
-                break
-            start = time.perf_counter()
-            weights_file = self.weights_path(cycle)
-            row = self.metrics.row(cycle)
-            if weights_file.exists() and row is not None:
-                self.module.load_state_dict(load_weights(weights_file))
-                metrics = {k: float(v) for k, v in row.items() if _is_number(v)}
-            else:
-                metrics = self._fit_cycle(cycle, pool, initial, logger, state)
-            crash_point("after_fit")
-            if cycle == s.cycles - 1:
-                results.append(CycleResult(cycle, metrics, 0))
-                break
-            strategy_state = copy.deepcopy(state["strategy_state_at"][str(cycle)])
-            crash_point("before_select")
-            selection = self._acquire(cycle, pool, budget, state, strategy_state)
-            crash_point("after_select")
-            bought = pool.copy()
-            apply_selection(bought, selection, cycle + 1)
-            state["strategy_state_at"][str(cycle + 1)] = strategy_state
-            self._write_state(state)
-            write_selection_csv(
-                self.selection_path(cycle + 1), selection, bought, dm.train_dataset, cycle + 1
-            )
-            crash_point("before_pool_write")
-            bought.save(self.pool_path(cycle + 1))  # labels are bought from here on
-            crash_point("after_pool_write")
-            pool = bought
-            dm.attach_pool(pool)
-            self.progress(
-                f"[mtal] cycle {cycle}: {metrics.get(s.monitor, float('nan')):.4f} {s.monitor}; "
-                f"bought {len(selection.pairs)} labels on {len(selection.images)} images "
-                f"({time.perf_counter() - start:.1f}s)"
-            )
-            results.append(CycleResult(cycle, metrics, len(selection.pairs)))
-        if logger is not None:
-            logger.finalize("success")
+        try:
+            for ran, cycle in enumerate(range(latest, s.cycles)):
+                if s.stop_after is not None and ran >= s.stop_after:
+                    break
+                start = time.perf_counter()
+                state["seeds"][f"fit_cycle_{cycle}"] = derive_seed(s.seed, "fit", cycle)
+                state["step_offsets"][str(cycle)] = self._step_offset(cycle)
+                weights_file = self.weights_path(cycle)
+                row = self.metrics.row(cycle)
+                if weights_file.exists() and row is not None:
+                    self.module.load_state_dict(load_weights(weights_file))
+                    metrics = {k: float(v) for k, v in row.items() if _is_number(v)}
+                else:
+                    metrics = self._fit_cycle(cycle, pool, initial, logger, state)
+                crash_point("after_fit")
+                if cycle == s.cycles - 1:
+                    results.append(CycleResult(cycle, metrics, 0))
+                    break
+                strategy_state = copy.deepcopy(state["strategy_state_at"][str(cycle)])
+                crash_point("before_select")
+                selection = self._acquire(cycle, pool, budget, state, strategy_state)
+                crash_point("after_select")
+                bought = pool.copy()
+                apply_selection(bought, selection, cycle + 1)
+                state["strategy_state_at"][str(cycle + 1)] = strategy_state
+                self._write_state(state)
+                write_selection_csv(
+                    self.selection_path(cycle + 1), selection, bought, dm.train_dataset, cycle + 1
+                )
+                crash_point("before_pool_write")
+                bought.save(self.pool_path(cycle + 1))  # labels are bought from here on
+                crash_point("after_pool_write")
+                pool = bought
+                dm.attach_pool(pool)
+                self.progress(
+                    f"[mtal] cycle {cycle}: {metrics.get(s.monitor, float('nan')):.4f} {s.monitor}; "
+                    f"bought {len(selection.pairs)} labels on {len(selection.images)} images "
+                    f"({time.perf_counter() - start:.1f}s)"
+                )
+                results.append(CycleResult(cycle, metrics, len(selection.pairs)))
+        except BaseException:
+            close_logger(logger, "failed")
+            raise
+        close_logger(logger)
         return results
 
     def _step_offset(self, cycle: int) -> int:
@@ -662,16 +672,13 @@ class ActiveLearningLoop:
         state: dict[str, Any],
     ) -> dict[str, float]:
         s = self.settings
-        seed = derive_seed(s.seed, "fit", cycle)
-        state["seeds"][f"fit_cycle_{cycle}"] = seed
-        seed_everything(seed, workers=True, verbose=False)
+        seed_everything(state["seeds"][f"fit_cycle_{cycle}"], workers=True, verbose=False)
         if cycle == 0 or not s.continuous:
             self.module.load_state_dict(dict(initial))
         else:
             self.module.load_state_dict(load_weights(self.weights_path(cycle - 1)))
         stats = pool_stats(pool)
-        offset = self._step_offset(cycle)
-        state.setdefault("step_offsets", {})[str(cycle)] = offset
+        offset = int(state["step_offsets"][str(cycle)])
         callback = ActiveLoop(cycle, stats, monitor=s.monitor, mode=s.monitor_mode)
         wrapped = OffsetLogger(logger, offset) if logger is not None else False
         trainer = self.make_trainer(callbacks=[callback], logger=wrapped)

@@ -116,6 +116,19 @@ def create_logger(
     )
 
 
+def close_logger(logger: Logger | None, status: str = "success") -> None:
+    """Finalise the run's tracker; a W&B run is also finished (its files flushed), so the
+    next run in the same process starts its own."""
+    if logger is None:
+        return
+    logger.finalize(status)
+    if type(logger).__name__ == "WandbLogger":
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+
+
 def _identifier(text: str) -> str:
     """A redacted name W&B accepts (letters, digits, ``_-./``)."""
     return re.sub(r"[^A-Za-z0-9_./-]", "-", redact(text).replace(REDACTED, "redacted"))
