@@ -90,6 +90,7 @@ def test_grid_expands_to_valid_runs(
 ) -> None:
     from mtal.acquisition import STRATEGIES, create_strategy
     from mtal.experiment import expand, load_grid, run_grid
+    from mtal.loop import LoopSettings, validate_settings
 
     monkeypatch.chdir(ROOT)
     raw = yaml.safe_load(Path(grid_path).read_text())
@@ -109,6 +110,7 @@ def test_grid_expands_to_valid_runs(
         assert folder == run.folder, f"{grid_path}: the grid's folder differs from the loop's"
         folders.add(folder)
         loop = cfg["loop"]["loop"]
+        validate_settings(LoopSettings(**loop.as_dict()))  # what `mtal loop` checks first
         assert loop["strategy"] in STRATEGIES, f"{grid_path}: unknown strategy {loop['strategy']}"
         create_strategy(loop["strategy"], **dict(loop["strategy_kwargs"] or {}))
         if smoke:
@@ -221,6 +223,8 @@ def agent_command(sweep: dict[str, Any], params: dict[str, Any]) -> list[str]:
 
 @pytest.mark.parametrize("path", SWEEPS)
 def test_sweep_is_valid(path: str, parser: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mtal.loop import LoopSettings, validate_settings
+
     monkeypatch.chdir(ROOT)
     sweep = yaml.safe_load(Path(path).read_text())
     assert {"program", "method", "metric", "parameters", "command"} <= set(sweep)
@@ -235,6 +239,7 @@ def test_sweep_is_valid(path: str, parser: Any, monkeypatch: pytest.MonkeyPatch)
         command = agent_command(sweep, dict(zip(names, combo)))
         assert command[:3] == ["/usr/bin/env", "mtal", "loop"], command
         cfg = parser.parse_args(command[2:])  # fails on an unknown key or a bad value
+        validate_settings(LoopSettings(**cfg["loop"]["loop"].as_dict()))
         folders.add(run_folder(cfg))
     # each assignment trains in its own folder (a shared folder would be resumed)
     assert len(folders) == len(combos), f"{path}: sweep runs share run folders"

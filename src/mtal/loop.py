@@ -456,6 +456,9 @@ class ActiveLearningLoop:
                 f"loop.strategy_kwargs={settings.strategy_kwargs} do not fit strategy "
                 f"{settings.strategy!r}: {exc}"
             ) from exc
+        net = getattr(module, "net", None)
+        if net is not None:
+            self.strategy.check_model(net)
 
     # -- run folder -------------------------------------------------------------------
     def pool_path(self, cycle: int) -> Path:

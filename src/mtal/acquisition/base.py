@@ -146,6 +146,10 @@ class Strategy(ABC):
         self.tie_break = tie_break
 
     # -- public API -----------------------------------------------------------------
+    def check_model(self, model: Any) -> None:
+        """Raise a clear error if ``model`` lacks what this strategy needs (called by the
+        loop before anything is trained, so a mismatch never costs a fit)."""
+
     def rng(self, ctx: AcquisitionContext) -> np.random.Generator:
         """The strategy's own generator, a pure function of (seed, cycle, name)."""
         return np.random.default_rng(

@@ -27,17 +27,29 @@ class PartAL(Strategy):
     carries are substituted for the initial predictions (``forward(gt=, gt_mask=)``).
     ``m_k``/``M_k`` are the min/max of ``u_k`` over the unlabelled pairs of task k at the
     first cycle the strategy runs, frozen in ``ctx.state["partal"]`` (so later values may
-    leave [0, 1]); a constant task (``M_k = m_k``) divides by 1.
+    leave [0, 1]); a constant task (``M_k = m_k``) divides by 1. ``gt_substitution=False``
+    scores every image from its own predictions (the ablation without substitution).
     """
 
     name = "partal"
     granularity = "pair"
 
-    def __init__(self, mc_samples: int = 8, **kwargs: Any) -> None:
+    def __init__(self, mc_samples: int = 8, gt_substitution: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if int(mc_samples) < 2:
             raise ValueError(f"partal: mc_samples must be >= 2 for MC-dropout, got {mc_samples}")
         self.mc_samples = int(mc_samples)
+        self.gt_substitution = bool(gt_substitution)
+
+    def check_model(self, model: Any) -> None:
+        """Ground-truth substitution needs a PAD-Net built with ``gt_substitution=True``."""
+        if self.gt_substitution and not getattr(model, "gt_substitution", False):
+            raise ValueError(
+                "strategy partal substitutes known labels for the initial predictions, but "
+                f"the model ({type(model).__name__}) was built without it: set "
+                "model.model_kwargs.gt_substitution: true (PAD-Net), or "
+                "loop.strategy_kwargs.gt_substitution: false to score without substitution"
+            )
 
     def uncertainties(
         self, ctx: AcquisitionContext, images: np.ndarray, seed: int | None = None
@@ -50,21 +62,20 @@ class PartAL(Strategy):
         def summarise(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
             image = batch["image"]
             b = image.shape[0]
-            gt = {t: _repeat(v, s) for t, v in batch["targets"].items()}
-            out = forward(
-                ctx,
-                {"image": _repeat(image, s)},
-                gt=gt,
-                gt_mask=_repeat(batch["labelled"], s),
-                mc_dropout=True,
-            )
+            extra: dict[str, Any] = {}
+            if self.gt_substitution:
+                extra["gt"] = {t: _repeat(v, s) for t, v in batch["targets"].items()}
+                extra["gt_mask"] = _repeat(batch["labelled"], s)
+            out = forward(ctx, {"image": _repeat(image, s)}, mc_dropout=True, **extra)
             cols = []
             for name in names:
                 raw = out.final[name]
                 cols.append(ctx.tasks[name].mc_uncertainty(raw.reshape(s, b, *raw.shape[1:])))
             return {"u": torch.stack(cols, dim=1)}
 
-        got = stream_summaries(ctx, images, summarise, with_labels=True, seed=seed)
+        got = stream_summaries(
+            ctx, images, summarise, with_labels=self.gt_substitution, seed=seed
+        )
         return got["u"].numpy().astype(np.float64)
 
     def normaliser(
