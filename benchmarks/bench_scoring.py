@@ -341,25 +341,27 @@ def time_table(rows: list[TimeRow], setting: Setting, threads: int) -> str:
     return "\n".join(lines)
 
 
-def mtal_verdict(rows: list[TimeRow]) -> str:
+def mtal_verdict(rows: list[TimeRow], interleaved: float) -> str:
     """One line: mtal (committee=1)'s scoring pass against the ≤ 2× target (the target
-    applies to the scoring pass over the unlabelled pool, not to the AE training)."""
+    applies to the scoring pass over the unlabelled pool, not to the AE training), from
+    the timed select and from the per-batch interleaved breakdown; met only if both are."""
     row = next(r for r in rows if r.case.name == "mtal" and r.case.kwargs.get("committee") == 1)
     ratio = row.scoring.cpu / row.reference.cpu
-    verdict = "met" if ratio <= MTAL_TARGET else "NOT met"
+    verdict = "met" if max(ratio, interleaved) <= MTAL_TARGET else "NOT met"
     return (
-        f"mtal (C5) scoring pass = {ratio:.2f}× one plain pass: target ≤ {MTAL_TARGET:g}× "
-        f"{verdict}; full select incl. labelled pass and AE = "
+        f"mtal (C5) scoring pass = {ratio:.2f}× one plain pass in select() (bracketed "
+        f"reference), {interleaved:.2f}× per-batch interleaved (breakdown below): target "
+        f"≤ {MTAL_TARGET:g}× {verdict}; full select incl. labelled pass and AE = "
         f"{row.select.cpu / row.reference.cpu:.2f}×."
     )
 
 
 # -- mtal breakdown -------------------------------------------------------------------
-def mtal_breakdown(setting: Setting) -> str:
+def mtal_breakdown(setting: Setting) -> tuple[str, float]:
     """Where mtal's scoring pass goes, per stage of its per-batch summary, on the first
     ``breakdown_images`` unlabelled images (batches loaded once, then each stage timed
     on the same batches): plain forward, committee=1 forward, inconsistency, pooled
-    features; plus the loader alone."""
+    features; plus the loader alone. Returns the table and the summary pass's ratio."""
     ctx = build(setting, setting.breakdown_images, MODELS["padnet"], cache=True)
     strategy = create_strategy("mtal", committee=1)
     names = list(ctx.tasks)
@@ -400,7 +402,7 @@ def mtal_breakdown(setting: Setting) -> str:
         f"| **mtal summary pass (loader + committee + incons + feat)** | {total:.2f} | "
         f"{total / ref:.2f}× |"
     )
-    return "\n".join(lines)
+    return "\n".join(lines), total / ref
 
 
 # -- part 2: memory -------------------------------------------------------------------
@@ -535,12 +537,12 @@ def main() -> None:
         flush=True,
     )
     rows = bench_time(setting)
-    breakdown = mtal_breakdown(setting)
+    breakdown, interleaved = mtal_breakdown(setting)
     memory = None if args.skip_memory else bench_memory(setting, threads)
     print()
     print(time_table(rows, setting, threads))
     print()
-    print(mtal_verdict(rows))
+    print(mtal_verdict(rows, interleaved))
     print()
     print(breakdown)
     if memory is not None:

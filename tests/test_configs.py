@@ -168,8 +168,9 @@ def test_paper_constants() -> None:
     }  # fmt: skip
     assert (pascal["model"]["optimizer"], pascal["model"]["lr"]) == ("sgd", 1e-2)
     assert pascal["model"]["momentum"] == 0.9 and pascal["data"]["batch_size"] == 8
-    for section in ("model", "data"):
-        assert pascal[section]["task_options"]["edge"]["pos_weight"] == 0.95
+    # task options live in data: only; the CLI links them to the model
+    assert "task_options" not in pascal["model"]
+    assert pascal["data"]["task_options"]["edge"]["pos_weight"] == 0.95
 
     for path, initial, labels, tasks in (
         ("configs/nyud/padnet_partal.yaml", 100, 240, 3),
@@ -223,3 +224,16 @@ def test_unknown_loop_key_fails_clearly(
     with pytest.raises(SystemExit):
         instantiate(["loop", "--config", str(bad)])
     assert "budjet" in capsys.readouterr().err
+
+
+def test_task_options_reach_the_model_through_the_link() -> None:
+    from mtal.cli import DEFAULT_CONFIG, run_cli
+
+    cli = run_cli(
+        ["fit", "--config", str(DEFAULT_CONFIG), "--data.task_options",
+         '{"edge": {"pos_weight": 0.8, "thresholds": 3, "metric_mode": "approx"}}'],
+        execute=False,
+    )  # fmt: skip
+    assert cli.model.hparams.task_options["edge"]["pos_weight"] == 0.8
+    assert cli.model.task_objects["edge"].options["pos_weight"] == 0.8
+    assert cli.datamodule.task_objects["edge"].options["pos_weight"] == 0.8

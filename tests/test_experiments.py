@@ -123,20 +123,21 @@ def test_grid_expands_to_valid_runs(
 
 def test_paper_grids(monkeypatch: pytest.MonkeyPatch) -> None:
     """The axes of the published figures (hand-written reference)."""
-    from mtal.experiment import load_grid
+    from mtal.experiment import expand, load_grid
 
     monkeypatch.chdir(ROOT)
     nyud = load_grid("experiments/wacv24_nyud.yaml")
-    extra = ["ll4al", "partal"]
-    strategies = set(nyud.strategies)
-    for name in extra:
-        grid = load_grid(f"experiments/wacv24_nyud_{name}.yaml")
-        assert grid.name == nyud.name  # same runs/<experiment>/ folder, one report
-        strategies |= set(grid.strategies)
-    assert strategies == {"mtal", "random", "coreset", "ll4al", "equal", "rbal", "partal"}
-    assert load_grid("experiments/wacv24_nyud_ll4al.yaml").overrides == {
-        "model.loss_prediction": True
-    }
+    assert set(nyud.strategies) == {"mtal", "random", "coreset", "ll4al", "equal", "rbal", "partal"}
+    # options that change the network apply to their strategy only
+    assert nyud.strategy_overrides["ll4al"] == {"model.loss_prediction": True}
+    assert nyud.strategy_overrides["partal"]["model.model_kwargs"]["gt_substitution"] is True
+    assert "mtal" not in nyud.strategy_overrides
+    for run in expand(nyud, runs_dir="runs"):
+        has_lp = "--model.loss_prediction" in run.args
+        assert has_lp == (run.strategy == "ll4al"), run.args
+    smoke = load_grid("experiments/wacv24_nyud.yaml", smoke=True)
+    assert set(smoke.strategies) == set(nyud.strategies)
+    assert smoke.strategy_overrides["partal"]["model.model_kwargs"]["gt_substitution"] is True
     assert nyud.seeds == [0, 1, 2] and nyud.reference is not None
     fig7a = load_grid("experiments/wacv24_fig7a.yaml")
     committees = {

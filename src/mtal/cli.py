@@ -63,8 +63,11 @@ def default_precision() -> str:
     return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
 
 
-def run_cli(args: Sequence[str] | None = None, *, run: bool = True) -> Any:
-    """Build and run the LightningCLI (``args`` default to ``sys.argv[1:]``)."""
+def run_cli(args: Sequence[str] | None = None, *, run: bool = True, execute: bool = True) -> Any:
+    """Build and run the LightningCLI (``args`` default to ``sys.argv[1:]``).
+
+    ``execute=False`` parses a subcommand line and instantiates everything without
+    running it: the check that a config is complete and valid (used by the tests)."""
     _environment()
     from mtal.data.datamodule import ActiveDataModule
     from mtal.lightning_cli import ActiveTrainer, MtalCLI

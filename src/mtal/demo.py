@@ -20,7 +20,9 @@ GRID = Path("experiments/demo.yaml")
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo grid and print its report."""
-    parser = argparse.ArgumentParser(prog="python -m mtal.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m mtal.demo", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--grid", default=str(GRID))
     parser.add_argument("--runs-dir", default="runs")
     parser.add_argument("--smoke", action="store_true", help="the grid's tiny smoke version")

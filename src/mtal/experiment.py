@@ -4,10 +4,13 @@ A grid file names a base config and the axes to sweep::
 
     name: wacv24-nyud              # runs/<name>/...
     config: configs/nyud/padnet.yaml
-    strategies: [mtal, random, coreset]
+    strategies:                    # a name, or {name: overrides of that strategy only}
+      - mtal
+      - random
+      - ll4al: {model.loss_prediction: true}
     seeds: [0, 1, 2]
-    variants:                      # optional; each adds its own overrides (table rows)
-      dwa: {model.weighting: dwa}
+    variants:                      # optional; each adds its own overrides (table rows),
+      dwa: {model.weighting: dwa}  # run folder runs/<name>/<strategy>-<variant>/
     overrides: {trainer.max_epochs: 20}
     reference: {data.initial: 1.0} # optional fully-trained reference run ("full")
     smoke:                         # applied on top with --smoke / SMOKE=1
@@ -15,8 +18,9 @@ A grid file names a base config and the axes to sweep::
       seeds: [0]
       overrides: {loop.cycles: 2}
 
-Every run is ``mtal loop`` with ``--loop.experiment <name>[/<variant>]``,
-``--loop.strategy`` and ``--loop.seed``; finished runs (their last cycle is in
+Every run is ``mtal loop`` with ``--loop.experiment <name>``, ``--loop.strategy``,
+``--loop.seed`` (and ``--loop.name <strategy>-<variant>`` for variants, so one report
+compares them all); finished runs (their last cycle is in
 ``metrics.csv``) are skipped, so rerunning a grid resumes it.
 """
 
@@ -34,8 +38,17 @@ from typing import Any
 
 import yaml
 
-GRID_KEYS = {"name", "config", "strategies", "seeds", "variants", "overrides", "smoke",
-             "description", "reference"}
+GRID_KEYS = {
+    "name",
+    "config",
+    "strategies",
+    "seeds",
+    "variants",
+    "overrides",
+    "smoke",
+    "description",
+    "reference",
+}
 SMOKE_KEYS = {"config", "strategies", "seeds", "variants", "overrides", "reference"}
 
 
@@ -76,6 +89,8 @@ class Grid:
     config: str
     strategies: list[str]
     seeds: list[int]
+    #: overrides that apply to one strategy only (e.g. LL4AL's loss-prediction module)
+    strategy_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
     overrides: dict[str, Any] = field(default_factory=dict)
     description: str = ""
@@ -93,24 +108,33 @@ def load_grid(path: str | Path, *, smoke: bool = False) -> Grid:
         raise GridError(f"{path}: expected a mapping at the top level")
     unknown = set(raw) - GRID_KEYS
     if unknown:
-        raise GridError(f"{path}: unknown key(s) {sorted(unknown)}; known keys: {sorted(GRID_KEYS)}")
+        raise GridError(
+            f"{path}: unknown key(s) {sorted(unknown)}; known keys: {sorted(GRID_KEYS)}"
+        )
     for key in ("name", "config", "strategies", "seeds"):
         if key not in raw:
             raise GridError(f"{path}: missing required key {key!r}")
     smoke_section = raw.get("smoke") or {}
     bad = set(smoke_section) - SMOKE_KEYS
     if bad:
-        raise GridError(f"{path}: unknown key(s) {sorted(bad)} in smoke; known: {sorted(SMOKE_KEYS)}")
+        raise GridError(
+            f"{path}: unknown key(s) {sorted(bad)} in smoke; known: {sorted(SMOKE_KEYS)}"
+        )
     data = dict(raw)
     if smoke:
         for key in ("config", "strategies", "seeds", "variants", "reference"):
             if key in smoke_section:
                 data[key] = smoke_section[key]
-        data["overrides"] = {**(raw.get("overrides") or {}), **(smoke_section.get("overrides") or {})}
+        data["overrides"] = {
+            **(raw.get("overrides") or {}),
+            **(smoke_section.get("overrides") or {}),
+        }
+    strategies, per_strategy = _parse_strategies(path, data["strategies"])
     grid = Grid(
         name=str(data["name"]),
         config=str(data["config"]),
-        strategies=[str(s) for s in data["strategies"]],
+        strategies=strategies,
+        strategy_overrides=per_strategy,
         seeds=[int(s) for s in data["seeds"]],
         variants={str(k): dict(v or {}) for k, v in (data.get("variants") or {}).items()},
         overrides=dict(data.get("overrides") or {}),
@@ -120,6 +144,30 @@ def load_grid(path: str | Path, *, smoke: bool = False) -> Grid:
     if not grid.strategies or not grid.seeds:
         raise GridError(f"{path}: strategies and seeds must be non-empty lists")
     return grid
+
+
+def _parse_strategies(path: Path, entries: Any) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """``[name | {name: overrides}]`` → (names, per-strategy overrides)."""
+    if not isinstance(entries, list):
+        raise GridError(f"{path}: strategies must be a list of names or {{name: overrides}}")
+    names: list[str] = []
+    overrides: dict[str, dict[str, Any]] = {}
+    for entry in entries:
+        if isinstance(entry, str):
+            names.append(entry)
+        elif isinstance(entry, dict) and len(entry) == 1:
+            ((name, extra),) = entry.items()
+            if not isinstance(extra, dict):
+                raise GridError(f"{path}: overrides of strategy {name!r} must be a mapping")
+            names.append(str(name))
+            overrides[str(name)] = dict(extra)
+        else:
+            raise GridError(
+                f"{path}: strategy entry {entry!r} is neither a name nor {{name: overrides}}"
+            )
+    if len(set(names)) != len(names):
+        raise GridError(f"{path}: a strategy is listed twice in {names}")
+    return names, overrides
 
 
 def _flag(key: str, value: Any) -> list[str]:
@@ -134,27 +182,32 @@ def expand(grid: Grid, *, runs_dir: str = "runs") -> list[Run]:
     runs: list[Run] = []
     variants = grid.variants or {"": {}}
     for variant, extra in variants.items():
-        experiment = f"{grid.name}/{variant}" if variant else grid.name
         overrides = {**grid.overrides, **extra}
         default_cycles = _config_value(grid.config, "loop.cycles", LoopSettings().cycles)
         cells: list[tuple[str, str, dict[str, Any]]] = []
-        if grid.reference is not None:
-            full = {**overrides, **grid.reference, "loop.cycles": 1, "loop.name": "full"}
+        if grid.reference is not None and variant == next(iter(variants)):
+            # one fully-trained reference per grid, on the base overrides
+            full = {**grid.overrides, **grid.reference, "loop.cycles": 1}
             cells.append(("full", "random", full))
-        cells += [(strategy, strategy, overrides) for strategy in grid.strategies]
+        for strategy in grid.strategies:
+            label = f"{strategy}-{variant}" if variant else strategy
+            cells.append(
+                (label, strategy, {**overrides, **grid.strategy_overrides.get(strategy, {})})
+            )
         for label, strategy, cell in cells:
             cycles = int(cell.get("loop.cycles", default_cycles))
             for seed in grid.seeds:
                 args = ["loop", "--config", grid.config]
                 for key, value in cell.items():
                     args += _flag(key, value)
-                args += _flag("loop.experiment", experiment)
+                args += _flag("loop.experiment", grid.name)
                 args += _flag("loop.strategy", strategy)
+                args += _flag("loop.name", label)
                 args += _flag("loop.seed", seed)
                 args += _flag("loop.runs_dir", runs_dir)
                 args += _flag("seed_everything", seed)
                 args += _flag("data.pool_seed", seed)
-                runs.append(Run(experiment, label, seed, args, runs_dir, cycles))
+                runs.append(Run(grid.name, label, seed, args, runs_dir, cycles))
     return runs
 
 
@@ -185,7 +238,9 @@ def run_grid(
             executed.append(run)
             continue
         if subprocesses:
-            subprocess.run([sys.executable, "-m", "mtal.cli", *run.args], check=True, env=os.environ.copy())
+            subprocess.run(
+                [sys.executable, "-m", "mtal.cli", *run.args], check=True, env=os.environ.copy()
+            )
         else:
             run_cli(run.args)
         executed.append(run)
@@ -196,8 +251,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``mtal experiment GRID.yaml [--smoke] [--runs-dir runs] [--subprocess] [--dry-run]``."""
     parser = argparse.ArgumentParser(prog="mtal experiment", description=__doc__.splitlines()[0])
     parser.add_argument("grid", help="experiments/<name>.yaml")
-    parser.add_argument("--smoke", action="store_true", default=os.environ.get("SMOKE") == "1",
-                        help="apply the grid's smoke section (tiny data, minutes on CPU)")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        default=os.environ.get("SMOKE") == "1",
+        help="apply the grid's smoke section (tiny data, minutes on CPU)",
+    )
     parser.add_argument("--runs-dir", default="runs")
     parser.add_argument("--subprocess", action="store_true", help="one process per run")
     parser.add_argument("--dry-run", action="store_true", help="print the runs only")
@@ -208,6 +267,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.report and not args.dry_run:
         from mtal.report import main as report_main
 
-        for experiment in sorted({r.experiment for r in expand(grid, runs_dir=args.runs_dir)}):
-            report_main([str(Path(args.runs_dir) / experiment)])
+        report_main([str(Path(args.runs_dir) / grid.name)])
     return 0

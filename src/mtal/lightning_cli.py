@@ -97,6 +97,8 @@ class MtalCLI(LightningCLI):
         return parser
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # one place for task options (loss, metric and target conversion): data.task_options
+        parser.link_arguments("data.task_options", "model.task_options")
         parser.link_arguments(
             "data", "model.tasks", compute_fn=lambda dm: list(dm.tasks), apply_on="instantiate"
         )
@@ -127,3 +129,10 @@ def _plain(namespace: Any) -> dict[str, Any]:
     """A jsonargparse Namespace as plain, YAML-safe data."""
     as_dict = namespace.as_dict() if hasattr(namespace, "as_dict") else dict(namespace)
     return {k: v for k, v in as_dict.items() if k not in {"config", "__path__"}}
+
+
+class CheckCLI(MtalCLI):
+    """Parses and instantiates a subcommand's config without running it."""
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        return None

@@ -187,6 +187,9 @@ def derive_seed(*parts: int | str) -> int:
 def run_dir_for(settings: LoopSettings) -> Path:
     """``runs/<experiment>/<strategy>/seed<k>/``."""
     label = settings.name or settings.strategy
+    sweep_run = os.environ.get("WANDB_RUN_ID") if os.environ.get("WANDB_SWEEP_ID") else None
+    if sweep_run:  # every sweep trial gets its own folder (never resumes another trial)
+        label = f"{label}-{sweep_run}"
     return Path(settings.runs_dir) / settings.experiment / label / f"seed{settings.seed}"
 
 

@@ -27,8 +27,19 @@ from pathlib import Path
 import numpy as np
 
 #: metric names (last path component) where higher is better; others are lower-is-better
-HIGHER_IS_BETTER = {"miou", "pixel_acc", "odsf", "odsf_approx", "maxf", "max_iou", "iou",
-                    "pct_11_25", "pct_22_5", "pct_30", "delta_m"}
+HIGHER_IS_BETTER = {
+    "miou",
+    "pixel_acc",
+    "odsf",
+    "odsf_approx",
+    "maxf",
+    "max_iou",
+    "iou",
+    "pct_11_25",
+    "pct_22_5",
+    "pct_30",
+    "delta_m",
+}
 HEADLINE = "val/mtl_loss"
 REFERENCE = "full"
 
@@ -75,7 +86,9 @@ def curve(strategy: str, seeds: list[list[dict[str, float]]], metric: str) -> Cu
         for row in rows:
             if metric in row and math.isfinite(row[metric]):
                 frac = 100.0 * row.get("labelled_fraction", float("nan"))
-                by_cycle[int(row["cycle"])].append((frac, row.get("labels", float("nan")), row[metric]))
+                by_cycle[int(row["cycle"])].append(
+                    (frac, row.get("labels", float("nan")), row[metric])
+                )
     if not by_cycle:
         return None
     cycles = sorted(by_cycle)
@@ -109,25 +122,25 @@ def reference_value(runs: dict[str, list[list[dict[str, float]]]], metric: str) 
 
 def plot_curve(curves: list[Curve], metric: str, reference: float | None, out: Path) -> Path:
     """Write one AL curve PNG (matplotlib Agg)."""
-    import matplotlib
+    # a Figure without pyplot: no global backend switch (notebooks keep theirs)
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 4.0), dpi=110)
+    fig = Figure(figsize=(5.5, 4.0), dpi=110)
+    ax = fig.add_subplot(1, 1, 1)
     for c in curves:
         ax.plot(c.x, c.mean, marker="o", label=f"{c.strategy} (n={c.seeds})")
         ax.fill_between(c.x, c.mean - c.std, c.mean + c.std, alpha=0.2)
     if reference is not None:
         ax.axhline(reference, color="black", linestyle="--", linewidth=1, label="fully trained")
     ax.set_xlabel("% of labels (image/task pairs)")
-    ax.set_ylabel(metric + ("  (higher is better)" if higher_is_better(metric) else "  (lower is better)"))
+    ax.set_ylabel(
+        metric + ("  (higher is better)" if higher_is_better(metric) else "  (lower is better)")
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
-    plt.close(fig)
     return out
 
 
@@ -142,9 +155,14 @@ def labels_to_reach(c: Curve, target: float, higher: bool) -> float | None:
 def savings_markdown(curves: list[Curve], target: float, target_name: str, higher: bool) -> str:
     """Table of labels needed to reach ``target`` and pairwise savings."""
     need = {c.strategy: labels_to_reach(c, target, higher) for c in curves}
-    lines = [f"Labels needed to reach {target_name} = {target:.4f} ({HEADLINE}).", "",
-             "| strategy | labels needed | " + " | ".join(f"saving vs {c.strategy}" for c in curves) + " |",
-             "|---|---|" + "---|" * len(curves)]
+    lines = [
+        f"Labels needed to reach {target_name} = {target:.4f} ({HEADLINE}).",
+        "",
+        "| strategy | labels needed | "
+        + " | ".join(f"saving vs {c.strategy}" for c in curves)
+        + " |",
+        "|---|---|" + "---|" * len(curves),
+    ]
     for c in curves:
         mine = need[c.strategy]
         cells = []
@@ -163,7 +181,9 @@ def savings_markdown(curves: list[Curve], target: float, target_name: str, highe
     return "\n".join(lines) + "\n"
 
 
-def table_rows(runs: dict[str, list[list[dict[str, float]]]], metrics: list[str]) -> list[dict[str, str]]:
+def table_rows(
+    runs: dict[str, list[list[dict[str, float]]]], metrics: list[str]
+) -> list[dict[str, str]]:
     """Mean ± std per strategy and cycle for every metric."""
     rows = []
     for strategy in sorted(runs):
@@ -172,10 +192,17 @@ def table_rows(runs: dict[str, list[list[dict[str, float]]]], metrics: list[str]
         if first is None:
             continue
         for i in range(len(first.x)):
-            row = {"strategy": strategy, "cycle": str(i), "% labels": f"{first.x[i]:.1f}",
-                   "labels": f"{first.labels[i]:.0f}", "seeds": str(first.seeds)}
+            row = {
+                "strategy": strategy,
+                "cycle": str(i),
+                "% labels": f"{first.x[i]:.1f}",
+                "labels": f"{first.labels[i]:.0f}",
+                "seeds": str(first.seeds),
+            }
             for m, c in curves.items():
-                row[m] = "" if c is None or i >= len(c.mean) else f"{c.mean[i]:.4f} ± {c.std[i]:.4f}"
+                row[m] = (
+                    "" if c is None or i >= len(c.mean) else f"{c.mean[i]:.4f} ± {c.std[i]:.4f}"
+                )
             rows.append(row)
     return rows
 
@@ -214,9 +241,11 @@ def write_report(experiment_dir: str | Path) -> Path:
             text = savings_markdown(curves, reference, "the fully-trained multi-task loss", False)
         else:
             best = min(float(c.mean.min()) for c in curves)
-            text = ("No fully-trained reference run (`full`) in this experiment: the target is the "
-                    "best mean value any strategy reached.\n\n"
-                    + savings_markdown(curves, best, "the best reached multi-task loss", False))
+            text = (
+                "No fully-trained reference run (`full`) in this experiment: the target is the "
+                "best mean value any strategy reached.\n\n"
+                + savings_markdown(curves, best, "the best reached multi-task loss", False)
+            )
         (out / "savings.md").write_text(text)
     return out
 

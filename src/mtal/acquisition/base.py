@@ -149,6 +149,7 @@ class Strategy(ABC):
     def check_model(self, model: Any) -> None:
         """Raise a clear error if ``model`` lacks what this strategy needs (called by the
         loop before anything is trained, so a mismatch never costs a fit)."""
+        return None
 
     def rng(self, ctx: AcquisitionContext) -> np.random.Generator:
         """The strategy's own generator, a pure function of (seed, cycle, name)."""

@@ -73,9 +73,7 @@ class PartAL(Strategy):
                 cols.append(ctx.tasks[name].mc_uncertainty(raw.reshape(s, b, *raw.shape[1:])))
             return {"u": torch.stack(cols, dim=1)}
 
-        got = stream_summaries(
-            ctx, images, summarise, with_labels=self.gt_substitution, seed=seed
-        )
+        got = stream_summaries(ctx, images, summarise, with_labels=self.gt_substitution, seed=seed)
         return got["u"].numpy().astype(np.float64)
 
     def normaliser(

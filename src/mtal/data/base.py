@@ -71,9 +71,7 @@ class MultiTaskDataset(ABC):
 def check_file(path: Path, what: str, layout: str) -> Path:
     """Return ``path`` if it exists, else raise a DatasetLayoutError naming it."""
     if not path.exists():
-        raise DatasetLayoutError(
-            f"missing {what}: {path}\nexpected layout:\n{layout}"
-        )
+        raise DatasetLayoutError(f"missing {what}: {path}\nexpected layout:\n{layout}")
     return path
 
 
