@@ -1,7 +1,8 @@
 """Pool-scoring cost of the acquisition strategies, relative to one plain inference pass,
 and peak memory of scoring versus pool size. Prints markdown tables.
 
-Run (about 5-6 min on a shared 2-core CPU; ``--quick``: tiny sizes, under a minute)::
+Run (about 4-5 min wall on the shared 2-core CPU at load ~2, more when it is busier;
+``--quick``: tiny sizes, about 30 s)::
 
     WANDB_MODE=disabled NO_ALBUMENTATIONS_UPDATE=1 OMP_NUM_THREADS=1 \\
         .venv/bin/python benchmarks/bench_scoring.py [--quick] [--threads auto|1|2]
@@ -12,16 +13,20 @@ cache), so times are model + scoring work, not scene rendering.
 
 1. Time. Reference = ONE plain inference pass: ``model(image)`` under
    ``torch.inference_mode`` over the same unlabelled images through the same
-   ``datamodule.pool_loader``. Each strategy's ``select()`` is timed in full, and the
-   time spent inside its streaming passes (``mtal.acquisition.scoring.stream_summaries``,
-   wrapped here, the strategy files are untouched) is reported as "scoring passes".
-   Ratios use CPU seconds of this process (``time.process_time``, robust to other
-   users of a shared machine); wall-clock ratios are printed alongside.
+   ``datamodule.pool_loader``, run right before and right after each ``select()``
+   (mean of the two). Each ``select()`` is timed in full, and the time spent inside its
+   streaming passes (``stream_summaries``, wrapped here; the strategy files are
+   untouched) is reported as its scoring pass (unlabelled images; the pass over the
+   labelled images of coreset/mtal separately). Ratios use CPU seconds of this process
+   (``time.process_time``, less sensitive to other users of a shared machine);
+   wall-clock ratios are printed alongside. mtal's summary pass is also decomposed per
+   stage on the same batches, interleaved with the plain forward (the steadiest ratio).
 2. Memory. For each pool size, a fresh process (forked from a server that has only
    imported the libraries) builds the pool and model, runs ``select()`` once and
    reports the peak RSS increase (``resource.getrusage`` ``ru_maxrss`` minus the RSS
-   before the call) and the tracemalloc peak (Python/numpy allocations only: torch's
-   CPU allocator is invisible to tracemalloc).
+   before the call, glibc ``MALLOC_MMAP_THRESHOLD_`` fixed so RSS follows live memory)
+   and the tracemalloc peak (Python/numpy allocations only: torch's CPU allocator is
+   invisible to tracemalloc).
 """
 
 from __future__ import annotations
