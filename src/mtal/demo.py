@@ -32,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_grid(grid, runs_dir=args.runs_dir)
     report = write_report(Path(args.runs_dir) / grid.name)
     print(f"\n[mtal] demo finished in {time.perf_counter() - start:.0f}s; report in {report}\n")
-    for name in ("table.md", "savings.md"):
+    for name in ("summary.md", "savings.md"):
         if (report / name).exists():
             print((report / name).read_text())
     return 0

@@ -38,6 +38,7 @@ import csv
 import hashlib
 import io
 import json
+import logging
 import os
 import signal
 import sys
@@ -138,6 +139,8 @@ class LoopSettings:
     logger: Literal["wandb", "csv", "none"] = "wandb"
     wandb_project: str = "mtal"
     description: str = ""
+    #: show Lightning's per-trainer banners (GPU available, tips); off keeps cycle logs readable
+    verbose: bool = False
     #: stop after this many cycles in this process (testing crash/resume); None = all
     stop_after: int | None = None
 
@@ -587,6 +590,12 @@ class ActiveLearningLoop:
     def run(self) -> list[CycleResult]:
         """Run the remaining cycles; returns one :class:`CycleResult` per cycle run here."""
         s, dm = self.settings, self.datamodule
+        if not s.verbose:  # one fresh Trainer per cycle would repeat its banners every time
+            for name in (
+                "lightning.pytorch.utilities.rank_zero",
+                "lightning.fabric.utilities.rank_zero",
+            ):
+                logging.getLogger(name).setLevel(logging.WARNING)
         pool, latest, state, initial, fresh = self._prepare()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if fresh:

@@ -41,6 +41,15 @@ HIGHER_IS_BETTER = {
     "delta_m",
 }
 HEADLINE = "val/mtl_loss"
+#: each task's headline metric, in order of preference, for the compact summary table
+TASK_HEADLINES = {
+    "semseg": ("miou",),
+    "parts": ("miou",),
+    "depth": ("rmse",),
+    "normals": ("mean",),
+    "edge": ("odsf", "odsf_approx"),
+    "saliency": ("maxf",),
+}
 REFERENCE = "full"
 
 
@@ -207,6 +216,23 @@ def table_rows(
     return rows
 
 
+def headline_metrics(metrics: list[str]) -> list[str]:
+    """The multi-task loss and one headline metric per task present in ``metrics``."""
+    chosen = [HEADLINE] if HEADLINE in metrics else []
+    for task, names in TASK_HEADLINES.items():
+        found = next((f"val/{task}/{n}" for n in names if f"val/{task}/{n}" in metrics), None)
+        if found is not None:
+            chosen.append(found)
+    return chosen
+
+
+def markdown_table(rows: list[dict[str, str]], columns: list[str]) -> str:
+    """A markdown table of ``rows`` restricted to ``columns``."""
+    md = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    md += ["| " + " | ".join(r.get(c, "") for c in columns) + " |" for r in rows]
+    return "\n".join(md) + "\n"
+
+
 def write_report(experiment_dir: str | Path) -> Path:
     """Write curves, tables and savings for one experiment folder; returns the report dir."""
     experiment_dir = Path(experiment_dir)
@@ -231,9 +257,12 @@ def write_report(experiment_dir: str | Path) -> Path:
         writer = csv.DictWriter(handle, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-    md = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    md += ["| " + " | ".join(r.get(c, "") for c in columns) + " |" for r in rows]
-    (out / "table.md").write_text("\n".join(md) + "\n")
+    (out / "table.md").write_text(markdown_table(rows, columns))
+    short = ["strategy", "cycle", "% labels", "seeds", *headline_metrics(metrics)]
+    arrows = {m: ("↑" if higher_is_better(m) else "↓") for m in short[4:]}
+    header = {c: (f"{c.removeprefix('val/')} {arrows[c]}" if c in arrows else c) for c in short}
+    renamed = [{header[c]: r.get(c, "") for c in short} for r in rows]
+    (out / "summary.md").write_text(markdown_table(renamed, [header[c] for c in short]))
     if HEADLINE in metrics:
         curves = [c for s in strategies if (c := curve(s, runs[s], HEADLINE)) is not None]
         reference = reference_value(runs, HEADLINE)
@@ -259,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = write_report(args.experiment)
     print(f"[mtal] report written to {out}")
     if args.print:
-        for name in ("table.md", "savings.md"):
+        for name in ("summary.md", "savings.md"):
             if (out / name).exists():
                 print((out / name).read_text())
     return 0
