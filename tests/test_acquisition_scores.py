@@ -39,6 +39,10 @@ class FakeTask:
     def mc_uncertainty(self, samples: torch.Tensor) -> torch.Tensor:
         return samples.var(dim=0, unbiased=False).flatten(1).mean(1)
 
+    def loss(self, raw: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        # no masking: an unlabelled (NaN) target makes the loss NaN, so it cannot hide
+        return ((raw - target) ** 2).flatten(1).mean(1)
+
     def hflip(self, x: torch.Tensor) -> torch.Tensor:
         return x.flip(-1)
 
@@ -71,6 +75,45 @@ class FakeDataModule:
                     for t in self.pool.tasks
                 },
                 "labelled": torch.as_tensor(mask),
+                "weight": torch.ones(len(chunk), self.pool.num_tasks),
+                "index": chunk,
+            }
+
+
+class LabelledFakeDataModule(FakeDataModule):
+    """Like ActiveDataModule: ``pool_loader`` snapshots the pool's mask when called and
+    delivers a target only where the pool marks it labelled (NaN otherwise);
+    ``attach_pool`` checks tasks/images as the real one and records what was attached."""
+
+    def __init__(self, pool: LabelPool, batch_size: int = 3) -> None:
+        super().__init__(pool, batch_size)
+        self.attached: list[LabelPool] = []
+
+    def attach_pool(self, pool: LabelPool) -> None:
+        if tuple(pool.tasks) != tuple(self.pool.tasks) or pool.image_ids != self.pool.image_ids:
+            raise ValueError("attach_pool: tasks or image ids differ")
+        self.attached.append(pool)
+        self.pool = pool
+
+    def pool_loader(self, indices: np.ndarray, with_labels: bool = False) -> Iterator[dict]:
+        self.calls.append(with_labels)
+        idx = np.asarray(indices, dtype=np.int64)
+        k = self.pool.num_tasks
+        mask = self.pool.labelled[idx].copy() if with_labels else np.zeros((len(idx), k), bool)
+        return self._batches(idx, mask)
+
+    def _batches(self, idx: np.ndarray, mask: np.ndarray) -> Iterator[dict]:
+        for start in range(0, len(idx), self.batch_size):
+            chunk = torch.as_tensor(idx[start : start + self.batch_size])
+            rows = torch.as_tensor(mask[start : start + self.batch_size])
+            targets = {}
+            for k, t in enumerate(self.pool.tasks):
+                value = torch.where(rows[:, k], chunk.float(), torch.tensor(float("nan")))
+                targets[t] = value.view(-1, 1, 1, 1).expand(-1, 1, H, H).clone()
+            yield {
+                "image": self.images[chunk],
+                "targets": targets,
+                "labelled": rows,
                 "weight": torch.ones(len(chunk), self.pool.num_tasks),
                 "index": chunk,
             }
@@ -328,6 +371,183 @@ def test_discriminator_variants_prefer_samples_unlike_the_labelled(fn) -> None:
     assert score.shape == (32,)
     assert ((score >= 0) & (score <= 1)).all()
     assert score[16:].mean() > score[:16].mean() + 0.2
+
+
+# --------------------------------------------------------------------------- MTAL sample weights
+
+#: the first MTAL test's model: images 4 and 5 are bought with budget 4, s_k = [[.25, 1],
+#: [1, 1/6]]; with targets y_k(i) = i the true losses (final − i)² are a: [1, 1], b: [1, 0]
+WEIGHT_FINAL = {"a": np.array([0, 0, 1, 2, 3, 4.0]), "b": np.array([0, 0, 5, 5, 5, 5.0])}
+WEIGHT_COMMITTEE = {
+    "a": {"b": np.array([0, 0, 1.5, 2, 3.5, 6])},
+    "b": {"a": np.array([0, 0, 5, 6, 8, 5.5])},
+}
+
+
+def make_label_ctx(model: torch.nn.Module, n: int, tasks: list[str], labelled: list[int]):
+    ctx = make_ctx(model, n, tasks, labelled)
+    ctx.datamodule = LabelledFakeDataModule(ctx.pool)
+    return ctx
+
+
+def weights_of(ctx: AcquisitionContext, budget: int = 4, **kw: Any):
+    return create_strategy("mtal", variant="inconsistency", tie_break="index", **kw).select(
+        ctx, budget
+    )
+
+
+def test_mtal_sample_weights_inconsistency_is_the_default_and_none_gives_none() -> None:
+    ctx = make_label_ctx(TableModel(WEIGHT_FINAL, WEIGHT_COMMITTEE), 6, ["a", "b"], [0, 1])
+    default = weights_of(ctx)
+    explicit = weights_of(ctx, sample_weights="inconsistency")
+    assert default.images.tolist() == explicit.images.tolist() == [4, 5]
+    np.testing.assert_allclose(default.weights, [[0.25, 1.0], [1.0, 1 / 6]], rtol=1e-6)
+    np.testing.assert_array_equal(default.weights, explicit.weights)
+    assert explicit.diagnostics["sample_weights"] == "inconsistency"
+    none = weights_of(ctx, sample_weights="none")
+    assert none.weights is None
+    assert none.images.tolist() == [4, 5]  # the weighting never changes what is bought
+    np.testing.assert_allclose(none.scores, default.scores)  # scores stay s_k
+    # the inconsistency path never reads labels
+    assert True not in ctx.datamodule.calls and ctx.datamodule.attached == []
+
+
+def test_mtal_loss_weights_by_hand_and_pools_untouched() -> None:
+    ctx = make_label_ctx(TableModel(WEIGHT_FINAL, WEIGHT_COMMITTEE), 6, ["a", "b"], [0, 1])
+    dm = ctx.datamodule
+    before = ctx.pool.copy()
+    original = ctx.pool
+    sel = weights_of(ctx, sample_weights="loss")
+    assert sel.images.tolist() == [4, 5]
+    # loss a = [(3−4)², (4−5)²] = [1, 1]: constant → 1.0 (not 0); b = [1, 0] → [1, 0]
+    np.testing.assert_allclose(sel.weights, [[1.0, 1.0], [1.0, 0.0]])
+    assert sel.weights.dtype == np.float32
+    np.testing.assert_allclose(sel.scores, [[0.25, 1.0], [1.0, 1 / 6]], rtol=1e-6)
+    assert sel.diagnostics["raw_loss_range"] == [[1.0, 0.0], [1.0, 1.0]]
+    # the labels were read from a copy with images 4, 5 labelled at cycle + 1 ...
+    copy = dm.attached[0]
+    assert copy is not original and dm.calls[-1] is True
+    assert np.flatnonzero(copy.labelled.all(1)).tolist() == [0, 1, 4, 5]
+    assert (copy.cycle[[4, 5]] == ctx.cycle + 1).all()
+    # ... and afterwards both the context's and the datamodule's pool are the original,
+    # unchanged
+    assert dm.attached[-1] is original and dm.pool is original and ctx.pool is original
+    assert ctx.pool == before
+    # weight_floor: f + (1 − f)·w
+    floored = weights_of(ctx, sample_weights="loss", weight_floor=0.2)
+    np.testing.assert_allclose(floored.weights, [[1.0, 1.0], [1.0, 0.2]], rtol=1e-6)
+    floored = weights_of(ctx, weight_floor=0.5)
+    np.testing.assert_allclose(floored.weights, [[0.625, 1.0], [1.0, 0.5 + 0.5 / 6]], rtol=1e-6)
+    assert ctx.pool == before
+
+
+def test_mtal_loss_weights_match_direct_task_losses() -> None:
+    rng = np.random.default_rng(3)
+    n, names = 9, ["a", "b", "c"]
+    final = {t: rng.normal(size=n) * 3 for t in names}
+    committee = {t: {o: rng.normal(size=n) for o in names if o != t} for t in names}
+    model = TableModel(final, committee)
+    ctx = make_label_ctx(model, n, names, [0, 2])
+    sel = weights_of(ctx, budget=12, sample_weights="loss")  # 4 images
+    assert len(sel.images) == 4
+    # independent: the task objects on the model's outputs for those images vs y = index
+    idx = torch.as_tensor(sel.images)
+    out = model(ctx.datamodule.images[idx])
+    target = idx.float().view(-1, 1, 1, 1).expand(-1, 1, H, H)
+    raw = np.stack([ctx.tasks[t].loss(out.final[t], target).numpy() for t in names], axis=1).astype(
+        np.float64
+    )
+    ref = (raw - raw.min(0)) / (raw.max(0) - raw.min(0))
+    np.testing.assert_allclose(sel.weights, ref, rtol=1e-5, atol=1e-6)
+    assert np.isclose(sel.weights.min(0), 0).all() and np.isclose(sel.weights.max(0), 1).all()
+
+
+def test_mtal_loss_weights_restore_the_pool_when_the_pass_fails() -> None:
+    class FailingModel(TableModel):
+        def forward(self, image: torch.Tensor, **kw: Any) -> MultiTaskOutput:
+            if not kw.get("committee"):  # only the loss pass runs without a committee
+                raise RuntimeError("boom")
+            return super().forward(image, **kw)
+
+    ctx = make_label_ctx(FailingModel(WEIGHT_FINAL, WEIGHT_COMMITTEE), 6, ["a", "b"], [0, 1])
+    before, original = ctx.pool.copy(), ctx.pool
+    with pytest.raises(RuntimeError, match="boom"):
+        weights_of(ctx, sample_weights="loss")
+    assert ctx.datamodule.pool is original and ctx.pool == before
+
+
+def test_mtal_loss_weights_need_the_bought_labels() -> None:
+    # a datamodule that ignores the attached pool delivers no label: a clear error
+    ctx = make_label_ctx(TableModel(WEIGHT_FINAL, WEIGHT_COMMITTEE), 6, ["a", "b"], [0, 1])
+    ctx.datamodule.attach_pool = lambda pool: None
+    with pytest.raises(RuntimeError, match="did not deliver every bought label"):
+        weights_of(ctx, sample_weights="loss")
+    ctx.datamodule = FakeDataModule(ctx.pool)  # no attach_pool at all
+    with pytest.raises(TypeError, match="attach_pool"):
+        weights_of(ctx, sample_weights="loss")
+
+
+def test_mtal_sample_weight_options_are_checked() -> None:
+    with pytest.raises(
+        ValueError, match=r"sample_weights='los'.*\['inconsistency', 'loss', 'none'\]"
+    ):
+        create_strategy("mtal", sample_weights="los")
+    with pytest.raises(ValueError, match="weight_floor=1.5"):
+        create_strategy("mtal", weight_floor=1.5)
+    assert set(mc.SAMPLE_WEIGHTS) == {"inconsistency", "none", "loss"}
+
+
+def test_minmax_weights_constant_column_is_one() -> None:
+    values = np.array([[1.0, 2, 5], [3, 2, 5], [2, 2, 7]])
+    np.testing.assert_allclose(mc.minmax_weights(values), [[0, 1, 0], [1, 1, 0], [0.5, 1, 1]])
+    np.testing.assert_allclose(minmax(values)[:, 1], 0.0)  # the score version maps to 0
+    np.testing.assert_allclose(mc.minmax_weights(np.array([[4.0, 0.5]])), [[1.0, 1.0]])
+
+
+def test_mtal_loss_weights_on_a_real_datamodule() -> None:
+    from mtal.data.datamodule import ActiveDataModule
+    from mtal.models import create_model
+
+    kw = dict(
+        dataset="synthetic",
+        tasks=["semseg", "depth", "normals"],
+        size=(32, 32),
+        pool_size=8,
+        val_size=1,
+        eval_batch_size=4,
+        dataset_kwargs={"cache": True},
+    )
+    dm = ActiveDataModule(initial=2, **kw)
+    dm.setup("fit")
+    torch.manual_seed(0)
+    model = create_model("padnet", tasks=dm.task_objects, backbone="tiny_cnn")
+    model.train()
+    pool = dm.pool
+    before = pool.copy()
+    ctx = AcquisitionContext(
+        model=model, tasks=dm.task_objects, pool=pool, datamodule=dm, device="cpu", cycle=1
+    )
+    sel = weights_of(ctx, budget=9, sample_weights="loss")  # 3 images
+    assert dm.pool is pool and pool == before and model.training
+    # independent reference: a datamodule whose pool is fully labelled
+    full = ActiveDataModule(initial=1.0, **kw)
+    full.setup("fit")
+    rows = []
+    model.eval()
+    with torch.no_grad():
+        for batch in full.pool_loader(sel.images, with_labels=True):
+            assert batch["labelled"].all()
+            out = model(batch["image"])
+            rows.append(
+                torch.stack(
+                    [task.loss(out.final[t], batch["targets"][t]) for t, task in ctx.tasks.items()],
+                    dim=1,
+                )
+            )
+    raw = torch.cat(rows).numpy().astype(np.float64)
+    assert (raw.max(0) > raw.min(0)).all()
+    ref = (raw - raw.min(0)) / (raw.max(0) - raw.min(0))
+    np.testing.assert_allclose(sel.weights, ref, rtol=1e-4, atol=1e-5)
 
 
 # --------------------------------------------------------------------------- coreset

@@ -100,8 +100,8 @@ def test_grid_expands_to_valid_runs(
         assert grid.config == "configs/synthetic/smoke.yaml" and grid.seeds == [0]
     assert (ROOT / grid.config).is_file()
     runs = expand(grid, runs_dir="/tmp/never-written")
-    cells = len(grid.strategies) + (1 if grid.reference is not None else 0)
-    assert len(runs) == max(len(grid.variants), 1) * cells * len(grid.seeds)
+    refs = 0 if grid.reference is None else len(grid.reference_seeds or grid.seeds)
+    assert len(runs) == max(len(grid.variants), 1) * len(grid.strategies) * len(grid.seeds) + refs
     folders = set()
     for run in runs:
         cfg = parser.parse_args(run.args)

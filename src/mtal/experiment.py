@@ -13,6 +13,7 @@ A grid file names a base config and the axes to sweep::
       dwa: {model.weighting: dwa}  # run folder runs/<name>/<strategy>-<variant>/
     overrides: {trainer.max_epochs: 20}
     reference: {data.initial: 1.0} # optional fully-trained reference run ("full")
+    reference_seeds: [0]           # optional: the seeds of the reference (default: seeds)
     smoke:                         # applied on top with --smoke / SMOKE=1
       config: configs/synthetic/smoke.yaml
       seeds: [0]
@@ -48,8 +49,17 @@ GRID_KEYS = {
     "smoke",
     "description",
     "reference",
+    "reference_seeds",
 }
-SMOKE_KEYS = {"config", "strategies", "seeds", "variants", "overrides", "reference"}
+SMOKE_KEYS = {
+    "config",
+    "strategies",
+    "seeds",
+    "variants",
+    "overrides",
+    "reference",
+    "reference_seeds",
+}
 
 
 class GridError(ValueError):
@@ -96,6 +106,8 @@ class Grid:
     description: str = ""
     #: overrides of the fully-trained reference run (None: no reference)
     reference: dict[str, Any] | None = None
+    #: seeds of the reference run (None: the grid's seeds)
+    reference_seeds: list[int] | None = None
 
 
 def load_grid(path: str | Path, *, smoke: bool = False) -> Grid:
@@ -122,7 +134,7 @@ def load_grid(path: str | Path, *, smoke: bool = False) -> Grid:
         )
     data = dict(raw)
     if smoke:
-        for key in ("config", "strategies", "seeds", "variants", "reference"):
+        for key in ("config", "strategies", "seeds", "variants", "reference", "reference_seeds"):
             if key in smoke_section:
                 data[key] = smoke_section[key]
         data["overrides"] = {
@@ -140,6 +152,11 @@ def load_grid(path: str | Path, *, smoke: bool = False) -> Grid:
         overrides=dict(data.get("overrides") or {}),
         description=str(data.get("description", "")),
         reference=None if data.get("reference") in (None, False) else dict(data["reference"] or {}),
+        reference_seeds=(
+            None
+            if data.get("reference_seeds") is None
+            else [int(x) for x in data["reference_seeds"]]
+        ),
     )
     if not grid.strategies or not grid.seeds:
         raise GridError(f"{path}: strategies and seeds must be non-empty lists")
@@ -184,19 +201,18 @@ def expand(grid: Grid, *, runs_dir: str = "runs") -> list[Run]:
     for variant, extra in variants.items():
         overrides = {**grid.overrides, **extra}
         default_cycles = _config_value(grid.config, "loop.cycles", LoopSettings().cycles)
-        cells: list[tuple[str, str, dict[str, Any]]] = []
+        cells: list[tuple[str, str, dict[str, Any], list[int]]] = []
         if grid.reference is not None and variant == next(iter(variants)):
             # one fully-trained reference per grid, on the base overrides
             full = {**grid.overrides, **grid.reference, "loop.cycles": 1}
-            cells.append(("full", "random", full))
+            cells.append(("full", "random", full, grid.reference_seeds or grid.seeds))
         for strategy in grid.strategies:
             label = f"{strategy}-{variant}" if variant else strategy
-            cells.append(
-                (label, strategy, {**overrides, **grid.strategy_overrides.get(strategy, {})})
-            )
-        for label, strategy, cell in cells:
+            cell = {**overrides, **grid.strategy_overrides.get(strategy, {})}
+            cells.append((label, strategy, cell, grid.seeds))
+        for label, strategy, cell, seeds in cells:
             cycles = int(cell.get("loop.cycles", default_cycles))
-            for seed in grid.seeds:
+            for seed in seeds:
                 args = ["loop", "--config", grid.config]
                 for key, value in cell.items():
                     args += _flag(key, value)

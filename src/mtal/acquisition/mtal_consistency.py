@@ -112,6 +112,116 @@ def ae_disc_score(
     return 1.0 - labelled_probability(disc, codes, cfg.batch_size, ctx.device).numpy()
 
 
+# --------------------------------------------------------------------------- sample weights
+
+#: sample_weights(strategy, ctx, images, s_k) -> ``[n_selected, K]`` weights in [0, 1] or
+#: None (the pool keeps 1.0); ``images`` the bought images in selection order, ``s_k``
+#: their rows of the normalised inconsistency (None when the variant computes none)
+SampleWeightFn = Callable[
+    ["MTALStrategy", AcquisitionContext, np.ndarray, np.ndarray | None], np.ndarray | None
+]
+
+
+def minmax_weights(values: np.ndarray) -> np.ndarray:
+    """Per-column (task) min–max normalisation to [0, 1] for *loss weights*: unlike
+    :func:`mtal.acquisition.base.minmax` (constant column → 0, right for a ranking score),
+    a constant column maps to 1.0, so a task whose samples cannot be told apart (or a
+    single bought image) keeps full weight instead of being silently switched off."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return values.copy()
+    lo = values.min(axis=0, keepdims=True)
+    span = values.max(axis=0, keepdims=True) - lo
+    return np.where(span > 0, (values - lo) / np.where(span > 0, span, 1.0), 1.0)
+
+
+def bought_task_losses(ctx: AcquisitionContext, images: np.ndarray) -> np.ndarray:
+    """True per-sample task losses ``L_k(ŷ_k(x), y_k)`` → ``[n, K]`` (float64, rows follow
+    ``images``) of the current model's final predictions against the labels just bought.
+
+    The labels are read through the datamodule, which only loads what its pool marks as
+    labelled: a copy of ``ctx.pool`` with ``images`` labelled (at ``ctx.cycle + 1``, the
+    cycle they are bought for) is attached for the pass and the datamodule's own pool is
+    re-attached afterwards, whatever happens; ``ctx.pool`` is never modified. Only the
+    ``[B, K]`` losses outlive each batch.
+    """
+    images = np.asarray(images, dtype=np.int64).reshape(-1)
+    names = list(ctx.tasks)
+    if images.size == 0:
+        return np.zeros((0, len(names)), np.float64)
+    dm = ctx.datamodule
+    if not (hasattr(dm, "attach_pool") and hasattr(dm, "pool")):
+        raise TypeError(
+            f"mtal: sample_weights='loss' reads the bought labels through the datamodule, but "
+            f"{type(dm).__name__} has no pool/attach_pool; use mtal.data.ActiveDataModule "
+            "or choose sample_weights='inconsistency' or 'none'"
+        )
+    bought = ctx.pool.copy()
+    bought.label_images(images, cycle=int(ctx.cycle) + 1)
+
+    def summarise(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        labelled = torch.as_tensor(batch["labelled"]).to(torch.bool)
+        if not bool(labelled.all()):
+            raise RuntimeError(
+                "mtal: sample_weights='loss': the datamodule's pool_loader(with_labels=True) "
+                "did not deliver every bought label; it must load the attached pool's labels"
+            )
+        out = forward(ctx, batch)
+        cols = [task.loss(out.final[n], batch["targets"][n]) for n, task in ctx.tasks.items()]
+        return {"loss": torch.stack([c.reshape(-1) for c in cols], dim=1)}
+
+    original = dm.pool
+    dm.attach_pool(bought)
+    try:
+        got = stream_summaries(ctx, images, summarise, with_labels=True)
+    finally:
+        dm.attach_pool(original)
+    losses = got["loss"].numpy().astype(np.float64)
+    if not np.isfinite(losses).all():
+        bad = sorted({int(images[r]) for r in np.argwhere(~np.isfinite(losses))[:, 0]})
+        raise FloatingPointError(
+            f"mtal: sample_weights='loss': non-finite task loss for pool images {bad[:5]}; "
+            "check the model outputs and the labels of those images"
+        )
+    return losses
+
+
+def inconsistency_weights(
+    strat: MTALStrategy, ctx: AcquisitionContext, images: np.ndarray, s_k: np.ndarray | None
+) -> np.ndarray | None:
+    """WACV24's weights: the bought images' ``s_k`` (min–max over the scored pool, a
+    constant column → 0 as for the score); None for ``variant='diversity'`` (no ``s_k``)."""
+    return None if s_k is None else np.asarray(s_k, dtype=np.float64)
+
+
+def no_weights(
+    strat: MTALStrategy, ctx: AcquisitionContext, images: np.ndarray, s_k: np.ndarray | None
+) -> np.ndarray | None:
+    """No sample weighting: the pool keeps weight 1.0 for every bought label."""
+    return None
+
+
+def loss_weights(
+    strat: MTALStrategy, ctx: AcquisitionContext, images: np.ndarray, s_k: np.ndarray | None
+) -> np.ndarray | None:
+    """Tab. 1's "loss" row: the *true* task loss of the bought images (their labels come
+    with the purchase), min–max normalised per task over the bought images, a constant
+    column → 1.0. Inconsistency ``s_k`` is the label-free estimate of this loss; this row
+    uses the real one (an oracle: it needs the labels at acquisition time, which holds in
+    simulation, not for a request sent to annotators with ``mtal acquire``)."""
+    raw = bought_task_losses(ctx, images)
+    strat.last_diagnostics["raw_loss_range"] = [raw.min(axis=0).tolist(), raw.max(axis=0).tolist()]
+    return minmax_weights(raw)
+
+
+#: ``sample_weights`` option -> weighting function (WACV24 Tab. 1 rows)
+SAMPLE_WEIGHTS: dict[str, SampleWeightFn] = {
+    "inconsistency": inconsistency_weights,
+    "none": no_weights,
+    "loss": loss_weights,
+}
+
+
 #: variant -> (uses inconsistency, diversity function or None)
 VARIANTS: dict[str, tuple[bool, DiversityFn | None]] = {
     "full": (True, ae_distance),
@@ -138,10 +248,20 @@ class MTALStrategy(Strategy):
       is trained at every select on the pooled (``feature_pool``²), standardised,
       concatenated task features of labelled + unlabelled images; ``div = 1`` when
       nothing is labelled;
-    - ``s(x) = div(x) · max_k s_k(x)``; buy the top ``budget // K``; weights = their s_k.
+    - ``s(x) = div(x) · max_k s_k(x)``; buy the top ``budget // K``.
 
     ``variant``: ``full``; ``inconsistency`` (``max_k s_k``); ``diversity`` (``div``, no
-    weights); ``maxst``, ``vaal``, ``ae_disc`` replace ``div`` (see those functions).
+    ``s_k``); ``maxst``, ``vaal``, ``ae_disc`` replace ``div`` (see those functions).
+
+    ``sample_weights`` (WACV24 Tab. 1), the per-sample, per-task loss weights stored in
+    the pool for the bought images (training uses ``Σ_k s_k·w_k·L_k``; see
+    :data:`SAMPLE_WEIGHTS`): ``inconsistency`` (their ``s_k``, the paper's; None for
+    ``variant='diversity'``), ``none`` (1.0), ``loss`` (their true task loss against the
+    bought labels, min–max per task over the bought images, constant → 1.0).
+    ``weight_floor`` f maps a weight w to ``f + (1 − f)·w``: with the paper's min–max
+    (f = 0, the default) the least inconsistent / lowest-loss bought image gets weight 0
+    for that task, i.e. its label is bought but not trained on; f > 0 keeps every label
+    in the loss.
     """
 
     name = "mtal"
@@ -160,11 +280,23 @@ class MTALStrategy(Strategy):
         ae_batch_size: int = 64,
         ae_lr: float = 1e-3,
         adv_weight: float = 1.0,
+        sample_weights: str = "inconsistency",
+        weight_floor: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if variant not in VARIANTS:
             raise ValueError(f"mtal: variant={variant!r}; expected one of {sorted(VARIANTS)}")
+        if sample_weights not in SAMPLE_WEIGHTS:
+            raise ValueError(
+                f"mtal: sample_weights={sample_weights!r}; expected one of "
+                f"{sorted(SAMPLE_WEIGHTS)} (loop.strategy_kwargs.sample_weights)"
+            )
+        if not 0.0 <= float(weight_floor) <= 1.0:
+            raise ValueError(
+                f"mtal: weight_floor={weight_floor}; expected a value in [0, 1] "
+                "(weight = floor + (1 − floor)·normalised)"
+            )
         if committee not in (1, 2, 3):
             raise ValueError(
                 f"mtal: committee={committee}; expected 1 (pairs, C5), 2 (+triplets, C11) "
@@ -176,6 +308,8 @@ class MTALStrategy(Strategy):
         self.committee = committee
         self.include_initial = include_initial
         self.feature_pool = feature_pool
+        self.sample_weights = sample_weights
+        self.weight_floor = float(weight_floor)
         self.diversity_config = DiversityConfig(
             code_dim=code_dim,
             hidden=ae_hidden,
@@ -210,7 +344,7 @@ class MTALStrategy(Strategy):
         names = list(ctx.tasks)
         grid = self.feature_pool
         channels: list[int] = []
-        self.last_diagnostics = {"variant": self.variant}
+        self.last_diagnostics = {"variant": self.variant, "sample_weights": self.sample_weights}
 
         def features_of(out: Any) -> torch.Tensor:
             if out.task_features is None:
@@ -254,13 +388,12 @@ class MTALStrategy(Strategy):
                 div = diversity(self, ctx, feats[len(lab) :], feats[: len(lab)], channels, seed)
             score = score * div
             self.last_diagnostics["diversity_range"] = [float(div.min()), float(div.max())]
-        return self.image_selection(
-            ctx,
-            unl,
-            score,
-            count,
-            rng,
-            task_scores=s_k,
-            weights=s_k,
-            diagnostics=dict(self.last_diagnostics),
-        )
+        sel = self.image_selection(ctx, unl, score, count, rng, task_scores=s_k, weights=s_k)
+        weights = SAMPLE_WEIGHTS[self.sample_weights](self, ctx, sel.images, sel.weights)
+        if weights is not None:
+            weights = self.weight_floor + (1.0 - self.weight_floor) * np.asarray(weights)
+            sel.weights = np.asarray(weights, dtype=np.float32).reshape(len(sel.images), -1)
+        else:
+            sel.weights = None
+        sel.diagnostics.update(self.last_diagnostics)
+        return sel
