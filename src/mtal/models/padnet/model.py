@@ -163,10 +163,14 @@ class PADNet(MultiTaskNet):
         out: dict[str, dict[str, Tensor]] = {}
         for k in self.task_names:
             members = {"initial": initial[k]}
-            for partners in committee_partner_sets(self.task_names, k, committee):
-                refined = self.distillation.refine(inputs, messages, k, partners)
-                raw = self.final_heads[k](refined, mc_dropout)[1]
-                members[member_name(partners)] = self.upsample(raw, size)
+            sets = committee_partner_sets(self.task_names, k, committee)
+            refined = [self.distillation.refine(inputs, messages, k, p) for p in sets]
+            batch = refined[0].shape[0]
+            # all members of task k through its head in one call (stacked on the batch
+            # axis): the same per-sample result in eval mode, far fewer small convolutions
+            raw = self.upsample(self.final_heads[k](torch.cat(refined), mc_dropout)[1], size)
+            for partners, member in zip(sets, raw.split(batch)):
+                members[member_name(partners)] = member
             out[k] = members
         return out
 
