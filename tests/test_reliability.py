@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import yaml
 
-from mtal.cli import run_cli
+from mtal.cli import DEFAULT_CONFIG, run_cli
 from mtal.data.pool import LabelPool
 from mtal.io import StateFileError, read_checked_json
 from mtal.loop import CRASH_ENV, CRASH_POINTS, STATE_SCHEMA, STATE_VERSION, parse_crash_spec
@@ -39,6 +39,8 @@ def loop_argv(runs: Path) -> list[str]:
     """The loop command under test: coreset (a scoring pass each cycle), 2 tasks, 32×32."""
     return [
         "loop",
+        "--config",
+        str(DEFAULT_CONFIG),  # explicit, so run_cli (forks) and `python -m mtal.cli` agree
         "--data.dataset_kwargs",
         '{"size": [32, 32], "cache": true}',
         "--data.tasks",
@@ -77,6 +79,11 @@ def run_forked(argv: list[str], log: Path, crash: str | None = None, limit: floa
     if pid == 0:  # child: never returns into pytest
         code = 1
         try:
+            # the parent's OpenMP pool does not survive fork(): a child that uses it hangs,
+            # so the child computes on one thread (as DataLoader workers do)
+            import torch
+
+            torch.set_num_threads(1)
             fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
             os.dup2(fd, 1)
             os.dup2(fd, 2)
