@@ -39,24 +39,9 @@ OFFLINE = [
 def instantiate(args: list[str]) -> Any:
     """Parse ``args`` with the mtal CLI (subcommands included) and instantiate the model,
     datamodule, trainer and loop settings without running the subcommand."""
-    from mtal.cli import TRAINER_DEFAULTS
-    from mtal.data.datamodule import ActiveDataModule
-    from mtal.lightning_cli import ActiveTrainer, MtalCLI
-    from mtal.training.module import MultiTaskModule
+    from mtal.cli import run_cli
 
-    class InstantiateOnly(MtalCLI):
-        def _run_subcommand(self, subcommand: str) -> None:
-            self.skipped_subcommand = subcommand
-
-    return InstantiateOnly(
-        MultiTaskModule,
-        ActiveDataModule,
-        trainer_class=ActiveTrainer,
-        trainer_defaults=dict(TRAINER_DEFAULTS),
-        seed_everything_default=0,
-        args=args,
-        auto_configure_optimizers=False,
-    )
+    return run_cli(args, execute=False)
 
 
 def load_yaml(path: str) -> dict[str, Any]:

@@ -30,24 +30,9 @@ SWEEPS = sorted(
 
 def build_cli(args: list[str]) -> Any:
     """The mtal LightningCLI on ``args`` with classes instantiated and nothing run."""
-    from mtal.cli import TRAINER_DEFAULTS
-    from mtal.data.datamodule import ActiveDataModule
-    from mtal.lightning_cli import ActiveTrainer, MtalCLI
-    from mtal.training.module import MultiTaskModule
+    from mtal.cli import run_cli
 
-    class InstantiateOnly(MtalCLI):
-        def _run_subcommand(self, subcommand: str) -> None:
-            self.skipped_subcommand = subcommand
-
-    return InstantiateOnly(
-        MultiTaskModule,
-        ActiveDataModule,
-        trainer_class=ActiveTrainer,
-        trainer_defaults=dict(TRAINER_DEFAULTS),
-        seed_everything_default=0,
-        args=args,
-        auto_configure_optimizers=False,
-    )
+    return run_cli(args, execute=False)
 
 
 @pytest.fixture(scope="module")

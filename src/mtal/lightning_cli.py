@@ -132,7 +132,10 @@ def _plain(namespace: Any) -> dict[str, Any]:
 
 
 class CheckCLI(MtalCLI):
-    """Parses and instantiates a subcommand's config without running it."""
+    """Parses and instantiates a subcommand's config without running it; the subcommand
+    that would have run is kept in ``skipped_subcommand``."""
+
+    skipped_subcommand: str | None = None
 
     def _run_subcommand(self, subcommand: str) -> None:
-        return None
+        self.skipped_subcommand = subcommand

@@ -68,6 +68,19 @@ class MultiTaskDataset(ABC):
         return self.load(index, self.tasks)
 
 
+class IdListDataset(MultiTaskDataset):
+    """A dataset whose samples are the entries of ``self.ids`` (file stems from a split
+    list or a folder), set by the subclass's constructor."""
+
+    ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def image_id(self, index: int) -> str:
+        return self.ids[index]
+
+
 def check_file(path: Path, what: str, layout: str) -> Path:
     """Return ``path`` if it exists, else raise a DatasetLayoutError naming it."""
     if not path.exists():

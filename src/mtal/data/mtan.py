@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from mtal.data.base import DATASETS, DatasetLayoutError, MultiTaskDataset, check_file
+from mtal.data.base import DATASETS, DatasetLayoutError, IdListDataset, check_file
 from mtal.data.nyud import (
     DOCS_HINT,
     check_same_size,
@@ -59,7 +59,7 @@ def mtan_image_to_uint8(raw: np.ndarray, path: Path) -> np.ndarray:
     return np.clip(np.rint(img * scale), 0, 255).astype(np.uint8)
 
 
-class MtanDataset(MultiTaskDataset):
+class MtanDataset(IdListDataset):
     """Base of the mtan ``.npy`` datasets; subclasses fix the tasks, classes and label
     folders (``LABEL_DIRS``, first existing wins)."""
 
@@ -99,12 +99,6 @@ class MtanDataset(MultiTaskDataset):
             "depth": self._read_depth,
             "normals": self._read_normals,
         }
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def image_id(self, index: int) -> str:
-        return self.ids[index]
 
     def image_path(self, index: int) -> Path:
         return self.split_dir / "image" / f"{self.ids[index]}.npy"

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from mtal.data.base import DATASETS, DatasetLayoutError, MultiTaskDataset, check_file
+from mtal.data.base import DATASETS, DatasetLayoutError, IdListDataset, check_file
 
 DOCS_HINT = "see docs/datasets.md for where each public download goes"
 
@@ -198,7 +198,7 @@ NORMALS_DECODERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 
 
 @DATASETS.register("nyud")
-class NYUD(MultiTaskDataset):
+class NYUD(IdListDataset):
     """NYUD-v2 (795 train / 654 val) in Vandenhende's NYUD_MT layout: semseg (40 classes),
     depth, normals, edge.
 
@@ -242,12 +242,6 @@ class NYUD(MultiTaskDataset):
             "normals": self._read_normals,
             "edge": self._read_edge,
         }
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def image_id(self, index: int) -> str:
-        return self.ids[index]
 
     def image_path(self, index: int) -> Path:
         return self.root / "images" / f"{self.ids[index]}.jpg"

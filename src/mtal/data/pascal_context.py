@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from mtal.data.base import DATASETS, DatasetLayoutError, MultiTaskDataset, check_file
+from mtal.data.base import DATASETS, DatasetLayoutError, IdListDataset, check_file
 from mtal.data.nyud import (
     DOCS_HINT,
     check_same_size,
@@ -146,7 +146,7 @@ PARTS_SCHEMAS: dict[str, Callable[[dict[str, Any], Path, tuple[int, int]], np.nd
 
 
 @DATASETS.register("pascal_context")
-class PascalContext(MultiTaskDataset):
+class PascalContext(IdListDataset):
     """PASCAL-Context multi-task set (4998 train / 5105 val in PASCAL_MT).
 
     ``semseg_dirs``: folders searched in order for ``<id>.png``; the default is the
@@ -198,12 +198,6 @@ class PascalContext(MultiTaskDataset):
             "normals": self._read_normals,
             "edge": self._read_edge,
         }
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def image_id(self, index: int) -> str:
-        return self.ids[index]
 
     def image_path(self, index: int) -> Path:
         return self.root / "JPEGImages" / f"{self.ids[index]}.jpg"

@@ -20,12 +20,12 @@ from mtal.tasks._common import (
 _NORM_EPS = 1e-12
 
 
-
 def unit(x: torch.Tensor) -> torch.Tensor:
     """``x / max(‖x‖, eps)`` along the channel axis (−3): the same as ``F.normalize``,
     written out because that call is ~40× slower on CPU for these shapes
     (benchmarks/README.md, pool scoring)."""
     return x / x.pow(2).sum(dim=-3, keepdim=True).sqrt().clamp_min(_NORM_EPS)
+
 
 class NormalsTask(OptionsTask):
     """Surface normals: the raw 3-channel output is normalised to unit length before the
