@@ -219,6 +219,7 @@ def test_task_options_reach_the_model_through_the_link() -> None:
          '{"edge": {"pos_weight": 0.8, "thresholds": 3, "metric_mode": "approx"}}'],
         execute=False,
     )  # fmt: skip
+    assert cli.skipped_subcommand == "fit"  # parsed and built, not run
     assert cli.model.hparams.task_options["edge"]["pos_weight"] == 0.8
     assert cli.model.task_objects["edge"].options["pos_weight"] == 0.8
     assert cli.datamodule.task_objects["edge"].options["pos_weight"] == 0.8

@@ -70,10 +70,10 @@ def run_cli(args: Sequence[str] | None = None, *, run: bool = True, execute: boo
     running it: the check that a config is complete and valid (used by the tests)."""
     _environment()
     from mtal.data.datamodule import ActiveDataModule
-    from mtal.lightning_cli import ActiveTrainer, MtalCLI
+    from mtal.lightning_cli import ActiveTrainer, CheckCLI, MtalCLI
     from mtal.training.module import MultiTaskModule
 
-    return MtalCLI(
+    return (MtalCLI if execute else CheckCLI)(
         MultiTaskModule,
         ActiveDataModule,
         trainer_class=ActiveTrainer,
