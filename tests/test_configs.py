@@ -223,3 +223,15 @@ def test_task_options_reach_the_model_through_the_link() -> None:
     assert cli.model.hparams.task_options["edge"]["pos_weight"] == 0.8
     assert cli.model.task_objects["edge"].options["pos_weight"] == 0.8
     assert cli.datamodule.task_objects["edge"].options["pos_weight"] == 0.8
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "validate", "test"])
+def test_a_loop_config_serves_every_subcommand(subcommand: str) -> None:
+    """The paper configs carry a loop: section; fit/validate/test accept and ignore it."""
+    from mtal.cli import run_cli
+
+    cli = run_cli(
+        [subcommand, "--config", str(ROOT / "configs/synthetic/mtal.yaml")], execute=False
+    )
+    assert cli.skipped_subcommand == subcommand
+    assert cli.config[subcommand]["loop"]["strategy"] == "mtal"

@@ -87,7 +87,12 @@ class MtalCLI(LightningCLI):
         self, klass: type, subcommand: str, **kwargs: Any
     ) -> LightningArgumentParser:
         if subcommand != "loop":
-            return super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+            parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+            # one YAML serves every subcommand: a loop: section is accepted (and unused)
+            parser.add_class_arguments(
+                LoopSettings, "loop", help="read by `mtal loop`; accepted and unused here"
+            )
+            return parser
         # the settings live in a ``loop:`` section, which jsonargparse cannot name after
         # the method's own argument group, so the dataclass is added by hand
         parser = self.init_parser(**kwargs)
