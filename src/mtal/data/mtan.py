@@ -27,9 +27,10 @@ from mtal.data.base import DATASETS, DatasetLayoutError, IdListDataset, check_fi
 from mtal.data.nyud import (
     DOCS_HINT,
     check_same_size,
+    read_depth_npy,
+    read_normals_npy,
     read_npy,
     squeeze_channel,
-    unit_normals,
 )
 
 
@@ -96,8 +97,8 @@ class MtanDataset(IdListDataset):
         }
         self._readers: dict[str, Callable[[Path], np.ndarray]] = {
             "semseg": self._read_label,
-            "depth": self._read_depth,
-            "normals": self._read_normals,
+            "depth": read_depth_npy,
+            "normals": read_normals_npy,
         }
 
     def image_path(self, index: int) -> Path:
@@ -135,18 +136,6 @@ class MtanDataset(IdListDataset):
                 f"{path}: {self.NAME} labels must be 0..{n - 1} or -1, found {bad[:5].tolist()}"
             )
         return np.where(label < 0, 255, np.rint(label)).astype(np.uint8)
-
-    def _read_depth(self, path: Path) -> np.ndarray:
-        depth = squeeze_channel(read_npy(path), path).astype(np.float32)
-        return np.where(np.isfinite(depth) & (depth > 0), depth, 0.0).astype(np.float32)
-
-    def _read_normals(self, path: Path) -> np.ndarray:
-        raw = read_npy(path)
-        if raw.ndim == 3 and raw.shape[0] == 3 and raw.shape[-1] != 3:
-            raw = np.moveaxis(raw, 0, -1)
-        if raw.ndim != 3 or raw.shape[-1] != 3:
-            raise DatasetLayoutError(f"{path}: expected H×W×3 normals, got shape {raw.shape}")
-        return unit_normals(raw)
 
 
 @DATASETS.register("nyuv2_13")

@@ -147,6 +147,24 @@ def unit_normals(normals: np.ndarray, min_norm: float = 0.5) -> np.ndarray:
     return np.where(valid, normals / np.maximum(norm, 1e-12), 0.0).astype(np.float32)
 
 
+def read_depth_npy(path: Path) -> np.ndarray:
+    """H×W (or H×W×1) depth ``.npy`` in metres; non-finite and non-positive → 0 (invalid)."""
+    depth = squeeze_channel(read_npy(path), path).astype(np.float32)
+    return np.where(np.isfinite(depth) & (depth > 0), depth, 0.0).astype(np.float32)
+
+
+def read_normals_npy(
+    path: Path, decode: Callable[[np.ndarray], np.ndarray] = lambda raw: raw
+) -> np.ndarray:
+    """H×W×3 (or 3×H×W) normals ``.npy``, decoded by ``decode`` and renormalised."""
+    raw = read_npy(path)
+    if raw.ndim == 3 and raw.shape[0] == 3 and raw.shape[-1] != 3:
+        raw = np.moveaxis(raw, 0, -1)
+    if raw.ndim != 3 or raw.shape[-1] != 3:
+        raise DatasetLayoutError(f"{path}: expected H×W×3 normals, got shape {raw.shape}")
+    return unit_normals(decode(raw))
+
+
 def read_id_list(path: Path, layout: str) -> list[str]:
     """Read a split file (one id per line, blank lines skipped); empty files raise."""
     check_file(path, "split file", layout)
@@ -238,7 +256,7 @@ class NYUD(IdListDataset):
         check_file(self.root / "images", "NYUD image folder", NYUD_LAYOUT)
         self._readers: dict[str, Callable[[Path], np.ndarray]] = {
             "semseg": self._read_semseg,
-            "depth": self._read_depth,
+            "depth": read_depth_npy,
             "normals": self._read_normals,
             "edge": self._read_edge,
         }
@@ -278,17 +296,8 @@ class NYUD(IdListDataset):
         # stored 0 = void → 255; classes 1..40 → 0..39; a stored 255 stays ignore
         return np.where((stored == 0) | (stored == 255), 255, stored - 1).astype(np.uint8)
 
-    def _read_depth(self, path: Path) -> np.ndarray:
-        depth = squeeze_channel(read_npy(path), path).astype(np.float32)
-        return np.where(np.isfinite(depth) & (depth > 0), depth, 0.0).astype(np.float32)
-
     def _read_normals(self, path: Path) -> np.ndarray:
-        raw = read_npy(path)
-        if raw.ndim == 3 and raw.shape[0] == 3 and raw.shape[-1] != 3:
-            raw = np.moveaxis(raw, 0, -1)
-        if raw.ndim != 3 or raw.shape[-1] != 3:
-            raise DatasetLayoutError(f"{path}: expected H×W×3 normals, got shape {raw.shape}")
-        return unit_normals(NORMALS_DECODERS[self.normals_encoding](raw))
+        return read_normals_npy(path, NORMALS_DECODERS[self.normals_encoding])
 
     def _read_edge(self, path: Path) -> np.ndarray:
         edge = squeeze_channel(read_npy(path), path)
