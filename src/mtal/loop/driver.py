@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch import LightningModule, Trainer, seed_everything
 
 from mtal.io import StateFileError
-from mtal.loop.callback import ActiveLoop
+from mtal.loop.callback import ActiveLoop, CycleTracker
 from mtal.loop.crash import crash_point
 from mtal.loop.oracle import apply_selection
 from mtal.loop.runfolder import (
@@ -303,7 +303,7 @@ class ActiveLearningLoop:
             self.module.load_state_dict(load_weights(self.weights_path(cycle - 1)))
         stats = pool_stats(pool)
         offset = int(state["step_offsets"][str(cycle)])
-        callback = ActiveLoop(cycle, stats, monitor=s.monitor, mode=s.monitor_mode)
+        callback = CycleTracker(cycle, stats, monitor=s.monitor, mode=s.monitor_mode)
         wrapped = OffsetLogger(logger, offset) if logger is not None else False
         trainer = self.make_trainer(callbacks=[callback], logger=wrapped)
         trainer.fit(self.module, datamodule=self.datamodule)
@@ -330,26 +330,22 @@ class ActiveLearningLoop:
         state: dict[str, Any],
         strategy_state: dict[str, Any],
     ) -> Selection:
-        """Select with the loop's strategy; torch/numpy are reseeded from (seed, cycle)
-        first, so MC dropout or auto-encoder training do not depend on what ran before."""
-        from mtal.acquisition.base import AcquisitionContext
+        """Select with the loop's strategy through :meth:`ActiveLoop.select` (the code the
+        callback uses): torch/numpy are reseeded from (seed, cycle) first, so MC dropout
+        or auto-encoder training do not depend on what ran before. With W&B the request
+        and the AL curve so far are logged."""
+        from mtal.tracking import log_request
 
         net = getattr(self.module, "net", self.module)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         net.to(device)
-        seed = derive_seed(self.settings.seed, "select", cycle)
-        state["seeds"][f"select_cycle_{cycle}"] = seed
-        seed_everything(seed, workers=True, verbose=False)
-        ctx = AcquisitionContext(
-            model=net,
-            tasks=dict(self.module.task_objects),
-            pool=pool,
-            datamodule=self.datamodule,
+        acquirer = ActiveLoop(self.strategy, seed=self.settings.seed)
+        state["seeds"][f"select_cycle_{cycle}"] = acquirer.select_seed(cycle)
+        selection = acquirer.select(
+            self.module, self.datamodule, cycle, budget=budget, pool=pool, state=strategy_state,
             device=device,
-            cycle=cycle,
-            seed=seed,
-            state=strategy_state,
         )
-        selection = self.strategy.select(ctx, budget)
         net.to("cpu")
+        log_request(None, selection, pool, self.datamodule.train_dataset, cycle + 1,
+                    curve=self.metrics.rows())
         return selection
