@@ -284,7 +284,10 @@ def write_report(experiment_dir: str | Path) -> Path:
 
 
 def write_pictures(
-    experiment_dir: Path, out: Path, runs: dict[str, list[list[dict[str, float]]]], metrics: list[str]
+    experiment_dir: Path,
+    out: Path,
+    runs: dict[str, list[list[dict[str, float]]]],
+    metrics: list[str],
 ) -> None:
     """``overview.png`` (all AL curves) and ``gallery/<run>_seed<k>_cycle_<c>.png`` (what
     each run picked, see :mod:`mtal.gallery`)."""

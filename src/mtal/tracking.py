@@ -173,6 +173,9 @@ def _wandb_logger(
         notes=redact(notes) or None,
         **extra,
     )
+    # WandbLogger always passes anonymous=None, which wandb >= 0.19 warns about
+    # ("The anonymous setting has no effect"); not passing it at all is the same run
+    logger._wandb_init.pop("anonymous", None)
     if config is not None:
         logger.log_hyperparams(redact(dict(config)))
     return logger

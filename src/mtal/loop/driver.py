@@ -36,6 +36,7 @@ from mtal.loop.settings import (
     run_dir_for,
     validate_settings,
 )
+from mtal.progress import Clock
 from mtal.tracking import OffsetLogger, close_logger, create_logger
 
 if TYPE_CHECKING:
@@ -228,6 +229,7 @@ class ActiveLearningLoop:
             notes=s.description,
         )
         results: list[CycleResult] = []
+        clock = Clock(s.cycles - latest)  # elapsed and ETA on every cycle line
         try:
             for ran, cycle in enumerate(range(latest, s.cycles)):
                 if s.stop_after is not None and ran >= s.stop_after:
@@ -265,7 +267,7 @@ class ActiveLearningLoop:
                 self.progress(
                     f"[mtal] cycle {cycle}: {metrics.get(s.monitor, float('nan')):.4f} {s.monitor}; "
                     f"bought {len(selection.pairs)} labels on {len(selection.images)} images "
-                    f"({time.perf_counter() - start:.1f}s)"
+                    f"({time.perf_counter() - start:.1f}s; cycles {clock.lap()})"
                 )
                 results.append(CycleResult(cycle, metrics, len(selection.pairs)))
         except BaseException:
@@ -342,10 +344,21 @@ class ActiveLearningLoop:
         acquirer = ActiveLoop(self.strategy, seed=self.settings.seed)
         state["seeds"][f"select_cycle_{cycle}"] = acquirer.select_seed(cycle)
         selection = acquirer.select(
-            self.module, self.datamodule, cycle, budget=budget, pool=pool, state=strategy_state,
+            self.module,
+            self.datamodule,
+            cycle,
+            budget=budget,
+            pool=pool,
+            state=strategy_state,
             device=device,
         )
         net.to("cpu")
-        log_request(None, selection, pool, self.datamodule.train_dataset, cycle + 1,
-                    curve=self.metrics.rows())
+        log_request(
+            None,
+            selection,
+            pool,
+            self.datamodule.train_dataset,
+            cycle + 1,
+            curve=self.metrics.rows(),
+        )
         return selection
