@@ -73,7 +73,8 @@ def cell_caption(row: Mapping[str, str], tasks: Sequence[str]) -> str:
     """The text under one thumbnail: the image id, then one line per task with its mark
     (requested or not) and score ("–" when it was not scored)."""
     asked = set(filter(None, row["tasks"].split(";")))
-    lines = [row["image_id"][-18:]]
+    name = row["image_id"]
+    lines = [name if len(name) <= 22 else "\u2026" + name[-21:]]
     for task in tasks:
         text = row.get(f"score_{task}", "")
         score = f"{float(text):.3g}" if text not in ("", None) else "\u2013"
