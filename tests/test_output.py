@@ -180,3 +180,21 @@ def test_import_mtal_stays_light() -> None:
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_grid_prints_eta_per_finished_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import mtal.cli
+    from mtal.experiment import Grid, run_grid
+
+    ran: list[list[str]] = []
+    monkeypatch.setattr(mtal.cli, "run_cli", lambda args: ran.append(args))
+    grid = Grid(
+        name="g", config="configs/synthetic/smoke.yaml", strategies=["random"], seeds=[0, 1]
+    )
+    run_grid(grid, runs_dir=str(tmp_path))
+    done = [line for line in capsys.readouterr().out.splitlines() if ": done (runs" in line]
+    assert len(ran) == 2 and len(done) == 2
+    assert done[0].startswith("[1/2] g random seed0: done (runs 1/2, ")
+    assert "ETA" in done[1] and done[1].endswith("ETA 00:00)")

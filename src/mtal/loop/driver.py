@@ -353,12 +353,13 @@ class ActiveLearningLoop:
             device=device,
         )
         net.to("cpu")
-        log_request(
-            None,
-            selection,
-            pool,
-            self.datamodule.train_dataset,
-            cycle + 1,
-            curve=self.metrics.rows(),
-        )
+        if self.settings.logger == "wandb":
+            log_request(
+                None,
+                selection,
+                pool,
+                self.datamodule.train_dataset,
+                cycle + 1,
+                curve=self.metrics.rows(),
+            )
         return selection
