@@ -90,7 +90,8 @@ def stream_summaries(
     seen: list[torch.Tensor] = []
     with eval_mode(ctx.model), seeded_torch(seed, ctx.device), torch.inference_mode():
         loader = ctx.datamodule.pool_loader(indices, with_labels=with_labels)
-        for batch in bar(loader, total=len(loader), desc=f"scoring {len(indices)} images"):
+        total = len(loader) if hasattr(loader, "__len__") else None
+        for batch in bar(loader, total=total, desc=f"scoring {len(indices)} images"):
             batch = to_device(batch, ctx.device)
             size = int(batch["index"].shape[0])
             out = summarise(batch)
