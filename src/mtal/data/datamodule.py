@@ -242,7 +242,8 @@ class ActiveDataModule(L.LightningDataModule):
                     **kwargs,
                 )
             except DatasetLayoutError as exc:  # name the config field first
-                raise DatasetLayoutError(f"data.root={self.root!r}: {exc}") from exc
+                # the message carries the original: the innermost error is the one shown
+                raise DatasetLayoutError(f"data.root={self.root!r}: {exc}") from None
             check_disjoint_splits(self._datasets)  # a val/test id in the pool is an error
         return self._datasets[stage]
 

@@ -224,14 +224,15 @@ class ActiveLearningLoop:
                 "lightning.fabric.utilities.rank_zero",
             ):
                 logging.getLogger(name).setLevel(logging.WARNING)
-        pool, latest, state, initial, fresh = self._prepare()
+        newest = self.folder.latest_pool_cycle()
         identity = check_identity(  # a rerun with other settings stops here (issue 13)
             self.run_dir,
             {"loop": asdict(s), **{k: v for k, v in self.config.items() if k != "loop"}},
-            latest=latest,
-            fresh=fresh,
+            latest=newest or 0,
+            fresh=newest is None,
             allow_change=s.allow_config_change,
         )
+        pool, latest, state, initial, fresh = self._prepare()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         identity.record()
         if fresh:

@@ -33,14 +33,14 @@ class RunLock:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
+        except OSError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             raise RunLockedError(
                 f"run folder {self.path.parent} is in use by another mtal process (PID "
                 f"{holder}, lock file {self.path}); wait for it to finish or stop it, then "
                 f"rerun the same command"
-            ) from exc
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
