@@ -113,7 +113,6 @@ def copy_of(runs: Path, tmp_path: Path) -> Path:
             ["model.lr: 0.0001 → 0.01", "trainer.max_epochs: 1 → 2"],
         ),
         (["--data.pool_seed", "5", "--loop.continuous", "false"], ["data.pool_seed: 0 → 5"]),
-        (["--loop.clamp_budget", "true"], ["loop.clamp_budget: false → true"]),
         (
             ["--loop.strategy", "coreset", "--loop.name", "random"],
             ['loop.strategy: "random" → "coreset"'],
@@ -447,7 +446,7 @@ def test_a_truncated_metrics_row_is_refused(tmp_path: Path) -> None:
         table.rows()
 
 
-@pytest.mark.parametrize("damage", ["cycle_99", "nan_weight", "negative_weight"])
+@pytest.mark.parametrize("damage", ["cycle_99", "negative_weight"])
 def test_a_checksummed_pool_that_makes_no_sense_is_refused(
     two_cycles: Path, tmp_path: Path, damage: str
 ) -> None:
