@@ -30,14 +30,17 @@ def locked_run_folder(run_dir: Path) -> Iterator[RunLock]:
     created = _missing(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = RunLock(run_dir)
-    done = False
+    done = held = False
     try:
         lock.acquire()
+        held = True
         remove_stale_temp_files(run_dir)
         yield lock
         done = True
     finally:
-        if not done and created and [p.name for p in run_dir.iterdir()] == [LOCK_NAME]:
+        # only the holder tidies up: another process's fresh folder is never removed
+        empty = held and [p.name for p in run_dir.iterdir()] == [LOCK_NAME]
+        if not done and created and empty:
             with contextlib.suppress(OSError):
                 (run_dir / LOCK_NAME).unlink()
                 for folder in created:
