@@ -17,7 +17,7 @@ from lightning.pytorch import LightningModule, Trainer, seed_everything
 from mtal.io import StateFileError
 from mtal.loop.callback import ActiveLoop
 from mtal.loop.crash import crash_point
-from mtal.loop.oracle import apply_selection
+from mtal.loop.oracle import apply_selection, create_oracle
 from mtal.loop.runfolder import (
     MetricsTable,
     RunFolder,
@@ -32,6 +32,7 @@ from mtal.loop.settings import (
     LoopSettings,
     budget_in_labels,
     check_budget,
+    cost_budget,
     derive_seed,
     run_dir_for,
     validate_settings,
@@ -95,6 +96,8 @@ class ActiveLearningLoop:
         net = getattr(module, "net", None)
         if net is not None:
             self.strategy.check_model(net)
+        self.oracle = create_oracle(settings.oracle)  # issue 15: labels from people
+        self.pending_request: Any = None  # set when the human oracle stopped for labels
 
     # -- run folder (delegates to :class:`RunFolder`) -------------------------------------
     def pool_path(self, cycle: int) -> Path:
@@ -180,7 +183,10 @@ class ActiveLearningLoop:
                 f"or an image count >= 1"
             )
         budget = budget_in_labels(s, pool.num_images, pool.num_tasks)
-        check_budget(self.strategy, pool, budget, s.cycles - 1 - latest, s.clamp_budget)
+        check_budget(
+            self.strategy, pool, budget, s.cycles - 1 - latest, s.clamp_budget,
+            cost=cost_budget(s, pool.tasks),
+        )
         # read one training and one validation sample: a missing or unreadable dataset
         # fails here, before the run folder is touched
         dm.setup("fit")
@@ -188,6 +194,7 @@ class ActiveLearningLoop:
         val = dm.val_dataloader().dataset
         if len(val):
             _ = val[0]
+        self.oracle.check(dm)
         state.setdefault("step_offsets", {})
         seeds = state.setdefault("seeds", {})
         seeds["loop"] = s.seed
@@ -245,6 +252,8 @@ class ActiveLearningLoop:
                 crash_point("after_fit")
                 if cycle == s.cycles - 1:
                     results.append(CycleResult(cycle, metrics, 0))
+                    break
+                if self.oracle.request(self, cycle, pool, budget, state):  # human: stop for labels
                     break
                 strategy_state = copy.deepcopy(state["strategy_state_at"][str(cycle)])
                 crash_point("before_select")
@@ -349,6 +358,7 @@ class ActiveLearningLoop:
             cycle=cycle,
             seed=seed,
             state=strategy_state,
+            cost=cost_budget(self.settings, pool.tasks),
         )
         selection = self.strategy.select(ctx, budget)
         net.to("cpu")
