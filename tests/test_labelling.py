@@ -98,7 +98,9 @@ def requested(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"root": root, "stash": stash, "runs": runs, "run": runs / "nyud" / "random" / "seed0"}
 
 
-def test_loop_stops_with_a_request(requested: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
+def test_loop_stops_with_a_request(
+    requested: dict[str, Path], capsys: pytest.CaptureFixture
+) -> None:
     run = requested["run"]
     request = find_request(run, 1)
     assert request is not None and request.cycle == 1
@@ -166,12 +168,17 @@ def test_import_refuses_malformed_labels(
         save_png(source / seg, np.zeros((32, 32), np.uint8))
     assert label_import(run, request.request_id, source) == 1
     err = capsys.readouterr().err
-    assert "refused, nothing imported" in err and (seg if broken in ("class", "empty") else depth) in err
+    assert (
+        "refused, nothing imported" in err
+        and (seg if broken in ("class", "empty") else depth) in err
+    )
     assert not (run / "pool" / "cycle_001.json").exists()
     assert not (requested["root"] / wanted[0]).exists()
 
 
-def test_round_trip_continues_and_partial_import(requested: dict[str, Path], tmp_path: Path) -> None:
+def test_round_trip_continues_and_partial_import(
+    requested: dict[str, Path], tmp_path: Path
+) -> None:
     root, stash, runs, run = (requested[k] for k in ("root", "stash", "runs", "run"))
     request = find_request(run, 1)
     wanted = [p["label_path"] for p in request.pairs]

@@ -108,9 +108,7 @@ def acquire_once(
     write_selection_csv(out, selection, label_pool, datamodule.train_dataset, cycle)
     if pool_out is not None:
         updated.save(pool_out)
-    write_acquire_request(
-        out, pool, label_pool, selection, datamodule, cycle, exporter
-    )
+    write_acquire_request(out, pool, label_pool, selection, datamodule, cycle, exporter)
     print(f"[mtal] wrote {len(selection.images)} images / {len(selection.pairs)} labels to {out}")
     return out
 

@@ -37,11 +37,9 @@ def labeling_config(task: str, num_classes: int | None = None) -> str:
     a brush mask with one label; depth/normals cannot be drawn: the image is shown with
     a choice recording whether the measured file was delivered."""
     image = '  <Image name="image" value="$image" zoom="true"/>\n'
-    header = f'  <Header value={quoteattr(f"{task}: $image_id")}/>\n'
+    header = f"  <Header value={quoteattr(f'{task}: $image_id')}/>\n"
     if task in DRAWN_MASKS:
-        labels = "".join(
-            f'    <Label value="class_{i}"/>\n' for i in range(int(num_classes or 1))
-        )
+        labels = "".join(f'    <Label value="class_{i}"/>\n' for i in range(int(num_classes or 1)))
         body = f'  <BrushLabels name="{task}" toName="image">\n{labels}  </BrushLabels>\n'
     elif task in BINARY_MASKS:
         body = (
@@ -101,7 +99,9 @@ def export_labelstudio(
     for task in sorted({p["task"] for p in request.pairs}):
         tasks = labelstudio_tasks(request, dataset, task, **options)
         atomic_write_bytes(folder / f"{task}.json", json.dumps(tasks, indent=2).encode())
-        atomic_write_bytes(folder / f"{task}.xml", labeling_config(task, classes.get(task)).encode())
+        atomic_write_bytes(
+            folder / f"{task}.xml", labeling_config(task, classes.get(task)).encode()
+        )
         written[f"labelstudio_{task}"] = (folder / f"{task}.json").relative_to(run).as_posix()
     return written
 

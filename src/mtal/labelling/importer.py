@@ -77,7 +77,9 @@ def _from_folder(
             found[wanted[rel]] = path
         elif rel in layout:
             i, t = layout[rel]
-            refused.append(f"{path}: label of ({dataset.image_id(i)}, {t}), which was not requested")
+            refused.append(
+                f"{path}: label of ({dataset.image_id(i)}, {t}), which was not requested"
+            )
         else:
             refused.append(f"{path}: not a label file of this dataset's layout")
     return found, refused

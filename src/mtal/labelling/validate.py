@@ -49,8 +49,8 @@ def validate_label(dataset: Any, index: int, task: str, path: Path) -> str | Non
     """Load ``path`` as the ``task`` label of sample ``index`` through ``dataset.load``
     (its own checks); returns the problem, or None when the label is good."""
     view = copy.copy(dataset)
-    view.task_path = lambda i, t: Path(path) if (int(i), t) == (int(index), task) else (
-        dataset.task_path(i, t)
+    view.task_path = lambda i, t: (
+        Path(path) if (int(i), t) == (int(index), task) else (dataset.task_path(i, t))
     )
     try:
         loaded = view.load(int(index), [task])

@@ -183,10 +183,8 @@ class ActiveLearningLoop:
                 f"or an image count >= 1"
             )
         budget = budget_in_labels(s, pool.num_images, pool.num_tasks)
-        check_budget(
-            self.strategy, pool, budget, s.cycles - 1 - latest, s.clamp_budget,
-            cost=cost_budget(s, pool.tasks),
-        )
+        cost = cost_budget(s, pool.tasks)  # None unless loop.budget_unit=cost (issue 15)
+        check_budget(self.strategy, pool, budget, s.cycles - 1 - latest, s.clamp_budget, cost=cost)
         # read one training and one validation sample: a missing or unreadable dataset
         # fails here, before the run folder is touched
         dm.setup("fit")
