@@ -176,6 +176,35 @@ def test_import_refuses_malformed_labels(
     assert not (requested["root"] / wanted[0]).exists()
 
 
+def test_acquire_writes_the_same_request_for_label_studio(
+    requested: dict[str, Path], tmp_path: Path
+) -> None:
+    """``mtal acquire --format labelstudio`` from the run's cycle-0 weights and pool
+    requests what the loop requested, and its request imports the same way."""
+    run = requested["run"]
+    loop_request = find_request(run, 1)
+    data = loop_args(requested["root"], requested["runs"])[1:13]  # the --data.* arguments
+    out = tmp_path / "out" / "request.csv"
+    run_cli(
+        ["acquire", *data, "--trainer.enable_progress_bar", "false"]
+        + ["--weights", str(run / "cycle_000" / "weights.pt")]
+        + ["--pool", str(run / "pool" / "cycle_000.json"), "--budget", str(BUDGET)]
+        + ["--strategy", "random", "--out", str(out), "--format", "labelstudio"]
+    )
+    request = find_request(out.parent, 1)
+    assert request is not None and request.request_id == loop_request.request_id
+    assert request.pairs == loop_request.pairs
+    assert (out.parent / request.exports["labelstudio_depth"]).exists()
+    source = deliver(
+        requested["stash"], tmp_path / "delivery", [p["label_path"] for p in request.pairs]
+    )
+    assert label_import(out.parent, request.request_id, source) == 0
+    pool = LabelPool.load(out.parent / "requests" / f"{request.request_id}.pool.json")
+    assert pool.num_labels == LabelPool.load(run / "pool" / "cycle_000.json").num_labels + len(
+        request.pairs
+    )
+
+
 def test_round_trip_continues_and_partial_import(
     requested: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -237,3 +266,19 @@ def test_crash_before_the_request_repeats_it(requested: dict[str, Path], tmp_pat
     again = find_request(run, 1)
     first = read_request(requested["run"], again.request_id)  # same id: same pool and pairs
     assert again.pairs == first.pairs
+
+
+def test_report_plots_against_cumulative_cost(requested: dict[str, Path]) -> None:
+    """After the round trip: the report's cost axis, hand-priced from the pool files."""
+    from mtal.report import write_report
+    from mtal.report_costs import cumulative_costs
+
+    run = requested["run"]
+    prices = {"semseg": 10.0, "depth": 0.5, "normals": 2.0}
+    record = next((run / "requests").glob("c002-*.import.json"))
+    partial = sum(prices[t] for _, t in json.loads(record.read_text())["imported"])
+    # 4 initial images × 12.5, + 2 whole images × 12.5, + the 3 partially imported pairs
+    assert cumulative_costs(run, prices) == {0: 50.0, 1: 75.0, 2: 75.0 + partial}
+    out = write_report(requested["runs"] / "nyud", task_costs=prices)
+    assert (out / "cost_curve_mtl_loss.png").exists()
+    assert "Annotation cost needed" in (out / "savings_cost.md").read_text()

@@ -82,6 +82,10 @@ def acquire_once(
     from mtal.labelling.export import EXPORTERS
 
     exporter = EXPORTERS.get(export_format)  # an unknown --format fails before scoring
+    if export_format != "csv":  # a labelling tool needs image files
+        from mtal.labelling.validate import check_file_dataset
+
+        check_file_dataset(datamodule.train_dataset)
     labels = budget_in_labels(settings, len(label_pool.image_ids), len(label_pool.tasks))
     cost = cost_budget(settings, label_pool.tasks)
     check_budget(chooser, label_pool, labels, 1, clamp_budget, cost=cost)
