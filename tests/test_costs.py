@@ -118,3 +118,31 @@ def test_a_cost_budget_is_never_exceeded() -> None:
             )
             rest = np.setdiff1d(np.arange(m), pick)
             assert all(Fraction(costs[int(candidates[r, 1])]) > left for r in rest)
+
+
+def test_loop_spends_each_cost_budget(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``mtal loop --loop.budget_unit cost`` with a pair strategy: every acquisition's
+    spend, read back from the pool files, stays within the budget."""
+    import json
+
+    from mtal.cli import run_cli
+
+    prices = {"semseg": 10.0, "depth": 0.5, "normals": 2.0}
+    runs = tmp_path / "runs"
+    run_cli(
+        ["loop", "--config", "configs/synthetic/smoke.yaml", "--loop.runs_dir", str(runs)]
+        + ["--loop.strategy", "random_pairs", "--loop.cycles", "3", "--loop.logger", "none"]
+        + ["--loop.budget_unit", "cost", "--loop.budget", "21.5"]
+        + ["--loop.task_costs", json.dumps(prices)]
+    )
+    run = runs / "smoke" / "random_pairs" / "seed0"
+    pools = [LabelPool.load(run / "pool" / f"cycle_{c:03d}.json") for c in range(3)]
+    table = np.array([prices[t] for t in pools[0].tasks])
+    for before, after in zip(pools, pools[1:]):
+        new = after.labelled & ~before.labelled
+        spent = float((new * table).sum())
+        assert spent <= 21.5
+        # random scores, every pair a candidate: the walk stops only when nothing fits
+        cheapest_left = table[(~after.labelled).any(axis=0)].min()
+        assert cheapest_left > 21.5 - spent
+    assert float((pools[0].labelled * table).sum()) == 8 * 12.5  # the initial 25% of 32

@@ -282,3 +282,14 @@ def test_report_plots_against_cumulative_cost(requested: dict[str, Path]) -> Non
     out = write_report(requested["runs"] / "nyud", task_costs=prices)
     assert (out / "cost_curve_mtl_loss.png").exists()
     assert "Annotation cost needed" in (out / "savings_cost.md").read_text()
+
+
+def test_human_oracle_needs_a_file_dataset(tmp_path: Path) -> None:
+    from mtal.loop import LoopSettings, validate_settings
+
+    with pytest.raises(ValueError, match="loop.oracle='crowd': choose one of"):
+        validate_settings(LoopSettings(oracle="crowd"))
+    argv = ["loop", "--config", "configs/synthetic/smoke.yaml", "--loop.oracle", "human"]
+    with pytest.raises(ValueError, match="labels from people need a file dataset"):
+        run_cli([*argv, "--loop.runs_dir", str(tmp_path / "runs"), "--loop.logger", "none"])
+    assert not (tmp_path / "runs").exists()  # refused before the run folder is written
