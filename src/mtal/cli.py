@@ -21,6 +21,7 @@ PLAIN_COMMANDS: dict[str, str] = {
     "data": "mtal.data.preview:main",
     "report": "mtal.report:main",
     "experiment": "mtal.experiment:main",
+    "label": "mtal.labelling.cli:main",
 }
 
 TRAINER_DEFAULTS: dict[str, Any] = {

@@ -35,6 +35,10 @@ class ActiveTrainer(Trainer):
             model, datamodule, settings, self._fresh, config=self.mtal_config or {}
         )
         runner.run()
+        if runner.pending_request is not None:  # loop.oracle=human stopped for labels
+            from mtal.labelling import EXIT_LABELS_REQUESTED
+
+            raise SystemExit(EXIT_LABELS_REQUESTED)
 
     def acquire(
         self,
@@ -43,7 +47,7 @@ class ActiveTrainer(Trainer):
         weights: str,
         pool: str,
         budget: float = 0.1,
-        budget_unit: Literal["images", "labels"] = "images",
+        budget_unit: Literal["images", "labels", "cost"] = "images",
         strategy: str = "mtal",
         strategy_kwargs: dict[str, Any] | None = None,
         out: str = "selection.csv",
@@ -51,9 +55,14 @@ class ActiveTrainer(Trainer):
         cycle: int | None = None,
         seed: int = 0,
         clamp_budget: bool = False,
+        task_costs: dict[str, float] | None = None,
+        cost_ranking: Literal["ratio", "score"] = "ratio",
+        format: Literal["csv", "labelstudio"] = "csv",
     ) -> None:
         """Make one selection from a weights file and a pool state; write a CSV for the
-        labelling team (image id and path, requested tasks, per-task scores)."""
+        labelling team (image id and path, requested tasks, per-task scores), a request
+        manifest for ``mtal label import`` and, with ``--format labelstudio``, Label
+        Studio tasks; ``--budget_unit cost`` prices labels by ``--task_costs``."""
         from mtal.acquire import acquire_once
 
         acquire_once(
@@ -70,6 +79,9 @@ class ActiveTrainer(Trainer):
             cycle=cycle,
             seed=seed,
             clamp_budget=clamp_budget,
+            task_costs=task_costs,
+            cost_ranking=cost_ranking,
+            export_format=format,
         )
 
 

@@ -10,7 +10,10 @@ into ``<experiment>/report/``:
 - ``gallery/<strategy>_seed<k>_cycle_<c>.png``: thumbnails of the images requested for
   cycle ``c`` with the tasks requested and their scores;
 - ``savings.md``: labels each strategy needs to reach the fully-trained multi-task
-  loss, and the savings against every other strategy.
+  loss, and the savings against every other strategy;
+- ``cost_curve_<metric>.png`` and ``savings_cost.md``: the same against cumulative
+  annotation cost, for runs priced by ``loop.task_costs`` or ``--task_costs``
+  (:mod:`mtal.report_costs`).
 
 The fully-trained reference is a run named ``full`` (``--loop.name full`` with
 ``data.initial 1.0`` and one cycle); without one, the savings use the best value any
@@ -244,8 +247,9 @@ def markdown_table(rows: list[dict[str, str]], columns: list[str]) -> str:
     return "\n".join(md) + "\n"
 
 
-def write_report(experiment_dir: str | Path) -> Path:
-    """Write curves, tables and savings for one experiment folder; returns the report dir."""
+def write_report(experiment_dir: str | Path, task_costs: dict[str, float] | None = None) -> Path:
+    """Write curves, tables and savings for one experiment folder; returns the report dir.
+    ``task_costs`` prices the cost axis (default: each run's ``loop.task_costs``)."""
     experiment_dir = Path(experiment_dir)
     runs = read_runs(experiment_dir)
     if not runs:
@@ -288,6 +292,9 @@ def write_report(experiment_dir: str | Path) -> Path:
                 + savings_markdown(curves, best, "the best reached multi-task loss", False)
             )
         (out / "savings.md").write_text(text)
+    from mtal.report_costs import write_cost_report  # the cost axis (mtal.report_costs)
+
+    write_cost_report(experiment_dir, out, metrics, task_costs)
     return out
 
 
@@ -311,11 +318,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mtal report", description="AL curves and tables")
     parser.add_argument("experiment", help="runs/<experiment>")
     parser.add_argument("--print", action="store_true", help="print the tables")
+    parser.add_argument("--task_costs", help="price the cost axis: semseg=10,depth=0.5,...")
     args = parser.parse_args(list(argv) if argv is not None else None)
-    out = write_report(args.experiment)
+    from mtal.report_costs import parse_task_costs
+
+    out = write_report(args.experiment, parse_task_costs(args.task_costs))
     print(f"[mtal] report written to {out}")
     if args.print:
-        for name in ("summary.md", "savings.md"):
+        for name in ("summary.md", "savings.md", "savings_cost.md"):
             if (out / name).exists():
                 print((out / name).read_text())
     return 0

@@ -24,6 +24,8 @@ Crash safety comes from the order of atomic writes (``mtal.io``) in the run fold
   (no label bought twice) and never forgets one (no label lost).
 - ``cycle_<c>/weights.pt`` — the best weights of cycle ``c`` (plain state dict, loaded
   with ``weights_only=True``), then its ``metrics.csv`` row (rewritten atomically).
+- ``requests/<id>.json`` — with ``loop.oracle: human``, the labelling request that takes
+  the place of the pool file until ``mtal label import`` writes it (:mod:`mtal.labelling`).
 
 A rerun of the same command validates everything it will read *before* writing
 anything, finds the newest pool file and redoes only what is missing. Every fit and
@@ -40,7 +42,7 @@ from mtal.loop.adapter import ActiveModule, ScoringNetwork
 from mtal.loop.callback import Acquisition, ActiveLoop, CycleTracker
 from mtal.loop.crash import CRASH_ENV, CRASH_POINTS, crash_point, parse_crash_spec
 from mtal.loop.driver import ActiveLearningLoop, CycleResult
-from mtal.loop.oracle import apply_selection
+from mtal.loop.oracle import ORACLES, apply_selection, create_oracle
 from mtal.loop.runfolder import (
     STATE_SCHEMA,
     STATE_VERSION,
@@ -56,6 +58,7 @@ from mtal.loop.settings import (
     LoopSettings,
     budget_in_labels,
     check_budget,
+    cost_budget,
     derive_seed,
     run_dir_for,
     validate_settings,
@@ -73,12 +76,15 @@ __all__ = [
     "CycleResult",
     "CycleTracker",
     "LoopSettings",
+    "ORACLES",
     "MetricsTable",
     "RunFolder",
     "ScoringNetwork",
     "apply_selection",
     "budget_in_labels",
     "check_budget",
+    "cost_budget",
+    "create_oracle",
     "cpu_state",
     "crash_point",
     "derive_seed",

@@ -17,10 +17,11 @@ from lightning.pytorch import Callback, LightningModule, Trainer, seed_everythin
 from mtal.loop.adapter import check_datamodule, scoring_network, task_objects
 from mtal.loop.oracle import apply_selection
 from mtal.loop.runfolder import cpu_state, pool_stats
-from mtal.loop.settings import LoopSettings, budget_in_labels, derive_seed
+from mtal.loop.settings import LoopSettings, budget_in_labels, cost_budget, derive_seed
 
 if TYPE_CHECKING:
     from mtal.acquisition.base import Selection, Strategy
+    from mtal.acquisition.costs import CostBudget
     from mtal.data.pool import LabelPool
 
 
@@ -77,6 +78,7 @@ class ActiveLoop(Callback):
         strategy_kwargs: Mapping[str, Any] | None = None,
         clamp_budget: bool = False,
         max_acquisitions: int | None = None,
+        task_costs: Mapping[str, float] | None = None,
     ) -> None:
         if every_n_epochs is not None and int(every_n_epochs) < 1:
             raise ValueError(
@@ -85,10 +87,12 @@ class ActiveLoop(Callback):
             )
         if max_acquisitions is not None and int(max_acquisitions) < 0:
             raise ValueError(f"ActiveLoop: max_acquisitions={max_acquisitions}; use >= 0 or None")
-        if budget_unit not in ("images", "labels"):
+        if budget_unit not in ("images", "labels", "cost"):
             raise ValueError(
-                f"ActiveLoop: budget_unit={budget_unit!r}; choose 'images' or 'labels'"
+                f"ActiveLoop: budget_unit={budget_unit!r}; choose 'images', 'labels' or 'cost'"
             )
+        if budget_unit == "cost" and not task_costs:
+            raise ValueError("ActiveLoop: budget_unit='cost' needs task_costs={task: price}")
         if budget <= 0:
             raise ValueError(f"ActiveLoop: budget={budget}; use a fraction in (0, 1) or a count")
         if isinstance(strategy, str):
@@ -102,6 +106,7 @@ class ActiveLoop(Callback):
         self.strategy = strategy
         self.budget = float(budget)
         self.budget_unit = budget_unit
+        self.task_costs = dict(task_costs or {})
         self.every_n_epochs = None if every_n_epochs is None else int(every_n_epochs)
         self.seed = int(seed)
         self.max_acquisitions = max_acquisitions
@@ -116,8 +121,14 @@ class ActiveLoop(Callback):
 
     def budget_labels(self, pool: LabelPool) -> int:
         """The budget in labels (image/task pairs) for ``pool``."""
-        settings = LoopSettings(budget=self.budget, budget_unit=self.budget_unit)  # type: ignore[arg-type]
-        return budget_in_labels(settings, pool.num_images, pool.num_tasks)
+        return budget_in_labels(self._settings(), pool.num_images, pool.num_tasks)
+
+    def _settings(self) -> LoopSettings:
+        return LoopSettings(
+            budget=self.budget,
+            budget_unit=self.budget_unit,  # type: ignore[arg-type]
+            task_costs=self.task_costs,
+        )
 
     def select(
         self,
@@ -129,6 +140,7 @@ class ActiveLoop(Callback):
         pool: LabelPool | None = None,
         state: dict[str, Any] | None = None,
         device: torch.device | str | None = None,
+        cost: CostBudget | None = None,
     ) -> Selection:
         """Selection ``cycle``: torch/numpy are seeded from ``(seed, cycle)`` first (MC
         dropout and auto-encoder training do not depend on what ran before), then the
@@ -151,6 +163,7 @@ class ActiveLoop(Callback):
             cycle=cycle,
             seed=seed,
             state=self.state if state is None else state,
+            cost=cost_budget(self._settings(), pool.tasks) if cost is None else cost,
         )
         return self.strategy.select(ctx, self.budget_labels(pool) if budget is None else budget)
 

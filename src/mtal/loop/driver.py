@@ -20,7 +20,7 @@ from mtal.loop.callback import ActiveLoop, CycleTracker
 from mtal.loop.crash import crash_point
 from mtal.loop.guard import check_data_up_front, locked_run_folder
 from mtal.loop.identity import check_identity
-from mtal.loop.oracle import apply_selection
+from mtal.loop.oracle import apply_selection, create_oracle
 from mtal.loop.runfolder import (
     MetricsTable,
     RunFolder,
@@ -37,6 +37,7 @@ from mtal.loop.settings import (
     LoopSettings,
     budget_in_labels,
     check_budget,
+    cost_budget,
     derive_seed,
     run_dir_for,
     validate_settings,
@@ -102,6 +103,8 @@ class ActiveLearningLoop:
         net = getattr(module, "net", None)
         if net is not None:
             self.strategy.check_model(net)
+        self.oracle = create_oracle(settings.oracle)  # issue 15: labels from people
+        self.pending_request: Any = None  # set when the human oracle stopped for labels
 
     # -- run folder (delegates to :class:`RunFolder`) -------------------------------------
     def pool_path(self, cycle: int) -> Path:
@@ -188,7 +191,8 @@ class ActiveLearningLoop:
                 f"or an image count >= 1"
             )
         budget = budget_in_labels(s, pool.num_images, pool.num_tasks)
-        check_budget(self.strategy, pool, budget, s.cycles - 1 - latest, s.clamp_budget)
+        cost = cost_budget(s, pool.tasks)  # None unless loop.budget_unit=cost (issue 15)
+        check_budget(self.strategy, pool, budget, s.cycles - 1 - latest, s.clamp_budget, cost=cost)
         # read one training and one validation sample: a missing or unreadable dataset
         # fails here, before the run folder is touched
         dm.setup("fit")
@@ -203,6 +207,7 @@ class ActiveLearningLoop:
         _ = val[0]
         if fresh:
             check_data_up_front(dm, s.check_data_up_to)
+        self.oracle.check(dm)
         state.setdefault("step_offsets", {})
         seeds = state.setdefault("seeds", {})
         seeds["loop"] = s.seed
@@ -276,6 +281,8 @@ class ActiveLearningLoop:
                 crash_point("after_fit")
                 if cycle == s.cycles - 1:
                     results.append(CycleResult(cycle, metrics, 0))
+                    break
+                if self.oracle.request(self, cycle, pool, budget, state):  # human: stop for labels
                     break
                 strategy_state = copy.deepcopy(state["strategy_state_at"][str(cycle)])
                 crash_point("before_select")
@@ -380,6 +387,7 @@ class ActiveLearningLoop:
             pool=pool,
             state=strategy_state,
             device=device,
+            cost=cost_budget(self.settings, pool.tasks),
         )
         net.to("cpu")
         if self.settings.logger == "wandb":
