@@ -185,6 +185,7 @@ def test_acquire_writes_the_same_request_for_label_studio(
     loop_request = find_request(run, 1)
     data = loop_args(requested["root"], requested["runs"])[1:13]  # the --data.* arguments
     out = tmp_path / "out" / "request.csv"
+    out.parent.mkdir()  # acquire refuses to invent a missing output folder (issue 13)
     run_cli(
         ["acquire", *data, "--trainer.enable_progress_bar", "false"]
         + ["--weights", str(run / "cycle_000" / "weights.pt")]
