@@ -29,6 +29,11 @@ class DetectionMAP(MeanAveragePrecision):
         super().update(preds, gts)
 
     def compute(self) -> dict[str, torch.Tensor]:
-        """``map``, ``map_50``, ``map_75``, ... (scalars; per-class entries dropped)."""
+        """``map``, ``map_50``, ``map_75``, ``map_small|medium|large``, ``mar_1|10|100``, ...
+        (scalars; the per-class entries, off with ``class_metrics=False``, are dropped)."""
         out = super().compute()
-        return {k: v for k, v in out.items() if torch.as_tensor(v).numel() == 1}
+        return {
+            k: v
+            for k, v in out.items()
+            if torch.as_tensor(v).numel() == 1 and not k.endswith("_per_class")
+        }
