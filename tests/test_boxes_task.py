@@ -88,35 +88,54 @@ def test_detection_map_perfect_prediction() -> None:
     raw[0, 3:7, 1, 1] = math.log(4.0 / 4)  # 4 px → box (2, 2, 10, 10)
     raw[0, 7] = 10.0
     metric = task.metric()
-    metric.update(raw, [{"boxes": torch.tensor([[2.0, 2.0, 10.0, 10.0]]), "labels": torch.tensor([0])}])
+    metric.update(
+        raw, [{"boxes": torch.tensor([[2.0, 2.0, 10.0, 10.0]]), "labels": torch.tensor([0])}]
+    )
     assert float(metric.compute()["map"]) == pytest.approx(1.0)
 
 
 def test_detseg_model_shapes_and_segment() -> None:
     tasks = {"semseg": create_task("semseg", num_classes=6), "boxes": _task()}
-    net = create_model("detseg", tasks, backbone="tiny_cnn", head_channels=8, encoder_channels=16,
-                       loss_prediction=True)
+    net = create_model(
+        "detseg",
+        tasks,
+        backbone="tiny_cnn",
+        head_channels=8,
+        encoder_channels=16,
+        loss_prediction=True,
+    )
     out = net(torch.randn(2, 3, 32, 40))
     assert out.final["semseg"].shape == (2, 6, 32, 40)
     assert out.final["boxes"].shape == (2, 8, 8, 10)
     assert out.loss_pred.shape == (2, 2) and len(net.loss_pred_modules) == 2
     assert net.segment(torch.randn(3, 3, 16, 16)).shape == (3, 6, 16, 16)
     with pytest.raises(ValueError, match="stride"):
-        create_model("detseg", {"semseg": tasks["semseg"], "boxes": _task(stride=8)},
-                     backbone="tiny_cnn")
+        create_model(
+            "detseg", {"semseg": tasks["semseg"], "boxes": _task(stride=8)}, backbone="tiny_cnn"
+        )
 
 
 def test_cald_box_consistency_by_hand() -> None:
     p = torch.tensor([0.5, 0.5])
-    same = {"boxes": torch.tensor([[0.0, 0.0, 4.0, 4.0]]), "probs": p[None], "scores": torch.tensor([0.8])}
+    same = {
+        "boxes": torch.tensor([[0.0, 0.0, 4.0, 4.0]]),
+        "probs": p[None],
+        "scores": torch.tensor([0.8]),
+    }
     # identical box and distribution: |1 + ½(0.8 + 0.8)(1 − 0) − 1.3| = 0.5
-    assert box_consistency(torch.tensor([0.0, 0.0, 4.0, 4.0]), p, 0.8, same, 1.3) == pytest.approx(0.5)
+    assert box_consistency(torch.tensor([0.0, 0.0, 4.0, 4.0]), p, 0.8, same, 1.3) == pytest.approx(
+        0.5
+    )
     # half-overlapping box (IoU 1/3), q = (1, 0): JS(p, q) by hand
     q = torch.tensor([1.0, 0.0])
     m = (p + q) / 2
     js = 0.5 * (0.5 * math.log(0.5 / 0.75) + 0.5 * math.log(0.5 / 0.25)) + 0.5 * math.log(1 / 0.75)
     assert float(js_divergence(p, q)) == pytest.approx(js, rel=1e-5)
-    other = {"boxes": torch.tensor([[2.0, 0.0, 6.0, 4.0]]), "probs": q[None], "scores": torch.tensor([0.6])}
+    other = {
+        "boxes": torch.tensor([[2.0, 0.0, 6.0, 4.0]]),
+        "probs": q[None],
+        "scores": torch.tensor([0.6]),
+    }
     value = box_consistency(torch.tensor([0.0, 0.0, 4.0, 4.0]), p, 0.8, other, 1.3)
     assert value == pytest.approx(abs(1 / 3 + 0.5 * 1.4 * (1 - js) - 1.3), rel=1e-5)
     assert float(m.sum()) == pytest.approx(1.0)
@@ -124,8 +143,12 @@ def test_cald_box_consistency_by_hand() -> None:
     assert image_consistency({"boxes": torch.zeros(0, 4)}, [], 1.3) == 0.0
     ref = {"boxes": same["boxes"], "probs": p[None], "scores": torch.tensor([0.8])}
     empty = {"boxes": torch.zeros(0, 4)}
-    assert image_consistency(ref, [(same, same["boxes"]), (empty, same["boxes"])], 1.3) == pytest.approx(0.25)
-    img, flipped = aug_flip(torch.zeros(3, 4, 10), torch.tensor([[1.0, 0.0, 3.0, 2.0]]), torch.Generator())
+    assert image_consistency(
+        ref, [(same, same["boxes"]), (empty, same["boxes"])], 1.3
+    ) == pytest.approx(0.25)
+    img, flipped = aug_flip(
+        torch.zeros(3, 4, 10), torch.tensor([[1.0, 0.0, 3.0, 2.0]]), torch.Generator()
+    )
     assert flipped.tolist() == [[7.0, 0.0, 9.0, 2.0]]
 
 
@@ -144,4 +167,6 @@ def test_cdal_mixture_and_distance_by_hand() -> None:
     sym = 0.5 * float((a * (a / b).log()).sum()) + 0.5 * float((b * (b / a).log()).sum())
     d = contextual_distance(mix, present, mix2, present2)
     assert float(d[0, 0]) == pytest.approx(sym, rel=1e-4)
-    assert float(contextual_distance(mix, present, mix, present)[0, 0]) == pytest.approx(0.0, abs=1e-6)
+    assert float(contextual_distance(mix, present, mix, present)[0, 0]) == pytest.approx(
+        0.0, abs=1e-6
+    )

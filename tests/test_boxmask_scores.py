@@ -87,8 +87,9 @@ def test_box_masks_resegment_the_crop_and_threshold_the_box_class() -> None:
         return segment(x)
 
     boxes = [torch.tensor([[8.0, 4.0, 16.0, 12.0], [0.0, 0.0, 4.0, 4.0]])]
-    out = bm.box_masks(counting, image, boxes, [torch.tensor([1, 1])], tau=0.3, margin=0.25,
-                       crop_size=32)
+    out = bm.box_masks(
+        counting, image, boxes, [torch.tensor([1, 1])], tau=0.3, margin=0.25, crop_size=32
+    )
     assert calls == [2]  # both crops in one batch
     first, second = out[0]
     assert first.region == (6, 2, 18, 14)  # grown by 2 px each side

@@ -46,7 +46,10 @@ def test_nuimages_loader_reads_the_devkit_tables(tmp_path: Path, source: Synthet
         ref = source.load(i, ["semseg", "boxes"])
         keep = np.isin(ref["box_labels"], list(SYNTHETIC_TO_NUIMAGES))
         np.testing.assert_allclose(got["boxes"], ref["boxes"][keep])
-        expected = [cls[NUIMAGES_CATEGORY_MAP[SYNTHETIC_TO_NUIMAGES[int(v)]]] for v in ref["box_labels"][keep]]
+        expected = [
+            cls[NUIMAGES_CATEGORY_MAP[SYNTHETIC_TO_NUIMAGES[int(v)]]]
+            for v in ref["box_labels"][keep]
+        ]
         assert got["box_labels"].tolist() == expected
         floor = ref["semseg"] == 1
         assert (got["semseg"][floor] == cls["driveable_surface"]).all()
@@ -55,7 +58,9 @@ def test_nuimages_loader_reads_the_devkit_tables(tmp_path: Path, source: Synthet
     assert len(create_dataset("nuimages", root=str(tmp_path), split="val")) == 1
 
 
-def test_nuimages_missing_table_names_path_and_layout(tmp_path: Path, source: SyntheticScenes) -> None:
+def test_nuimages_missing_table_names_path_and_layout(
+    tmp_path: Path, source: SyntheticScenes
+) -> None:
     write_nuimages(tmp_path, source, 1, 1)
     (tmp_path / "v1.0-train" / "object_ann.json").unlink()
     with pytest.raises(DatasetLayoutError, match=r"object_ann\.json(.|\n)*expected layout"):

@@ -94,8 +94,14 @@ def box_masks(
     if labels is None or labels.numel() == 0:
         return result
     # roi_align with aligned=True samples pixel centres: region [a, c) covers pixels a..c-1
-    crops = roi_align(image, rois, output_size=(crop_size, crop_size), spatial_scale=1.0,
-                      sampling_ratio=2, aligned=True)
+    crops = roi_align(
+        image,
+        rois,
+        output_size=(crop_size, crop_size),
+        spatial_scale=1.0,
+        sampling_ratio=2,
+        aligned=True,
+    )
     probs = []
     for start in range(0, crops.shape[0], crop_batch):
         part = crops[start : start + crop_batch]
@@ -129,8 +135,12 @@ def tight_box(bm: BoxMask) -> tuple[float, float, float, float] | None:
     if rows.numel() == 0:
         return None
     a, b = bm.region[0], bm.region[1]
-    return (a + int(cols.min()), b + int(rows.min()), a + int(cols.max()) + 1,
-            b + int(rows.max()) + 1)
+    return (
+        a + int(cols.min()),
+        b + int(rows.min()),
+        a + int(cols.max()) + 1,
+        b + int(rows.max()) + 1,
+    )
 
 
 def s_loc(box: Sequence[float], bm: BoxMask, reading: str = "disagreement") -> float:
@@ -171,7 +181,9 @@ def s_seg(
 ) -> float:
     """Eq. 3: object-class pixels (argmax in ``object_classes``) outside ``union`` (the
     union of the image's BoxMasks), over all pixels ("image") or over object pixels."""
-    objects = torch.isin(seg_argmax, torch.as_tensor(list(object_classes), device=seg_argmax.device))
+    objects = torch.isin(
+        seg_argmax, torch.as_tensor(list(object_classes), device=seg_argmax.device)
+    )
     outside = int((objects & ~union).sum())
     if normalise == "objects":
         n = int(objects.sum())
@@ -182,13 +194,13 @@ def s_seg(
 def combine(seg: float, loc: Sequence[float], cls: Sequence[float], use: Sequence[str]) -> float:
     """``S = S_seg + max_box(S_loc + S_cls)`` restricted to the scores in ``use``
     (ablations of Tab. I); no box → the max term is 0."""
-    per_box = [
-        ("loc" in use) * lo + ("cls" in use) * cl for lo, cl in zip(loc, cls, strict=True)
-    ]
+    per_box = [("loc" in use) * lo + ("cls" in use) * cl for lo, cl in zip(loc, cls, strict=True)]
     return ("seg" in use) * seg + (max(per_box) if per_box else 0.0)
 
 
-def paste_union(masks: Sequence[BoxMask], height: int, width: int, device: torch.device) -> torch.Tensor:
+def paste_union(
+    masks: Sequence[BoxMask], height: int, width: int, device: torch.device
+) -> torch.Tensor:
     """Boolean H×W union of BoxMasks."""
     union = torch.zeros((height, width), dtype=torch.bool, device=device)
     for bm in masks:

@@ -34,7 +34,9 @@ from mtal.acquisition.scoring import forward, stream_summaries
 Aug = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 
 
-def aug_flip(image: torch.Tensor, boxes: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def aug_flip(
+    image: torch.Tensor, boxes: torch.Tensor, g: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Horizontal flip of a 3×H×W image and its xyxy boxes."""
     w = image.shape[-1]
     out = boxes.clone()
@@ -95,7 +97,11 @@ def js_divergence(p: torch.Tensor, q: torch.Tensor, eps: float = 1e-12) -> torch
 
 
 def box_consistency(
-    ref_box: torch.Tensor, ref_p: torch.Tensor, ref_s: float, aug: dict[str, torch.Tensor], beta: float
+    ref_box: torch.Tensor,
+    ref_p: torch.Tensor,
+    ref_s: float,
+    aug: dict[str, torch.Tensor],
+    beta: float,
 ) -> float:
     """``|max IoU + ½(s + s')(1 − JS(p ‖ p')) − β|`` against the best-matching
     augmented detection (``ref_box`` already in the augmented frame)."""
@@ -108,7 +114,9 @@ def box_consistency(
 
 
 def image_consistency(
-    ref: dict[str, torch.Tensor], augs: list[tuple[dict[str, torch.Tensor], torch.Tensor]], beta: float
+    ref: dict[str, torch.Tensor],
+    augs: list[tuple[dict[str, torch.Tensor], torch.Tensor]],
+    beta: float,
 ) -> float:
     """Mean over augmentations of ``min_j m_j`` (0 for an output without boxes)."""
     if ref["boxes"].shape[0] == 0:
@@ -156,12 +164,16 @@ class CALD(Strategy):
         super().__init__(**kwargs)
         bad = [a for a in augmentations if a not in AUGMENTATIONS]
         if bad or not augmentations:
-            raise ValueError(f"cald: augmentations {list(augmentations)} must be from {list(AUGMENTATIONS)}")
+            raise ValueError(
+                f"cald: augmentations {list(augmentations)} must be from {list(AUGMENTATIONS)}"
+            )
         if mr < 1.0:
             raise ValueError(f"cald: mr={mr} must be >= 1 (candidates = mr × budget)")
         self.augmentations, self.beta, self.mr = tuple(augmentations), float(beta), float(mr)
 
-    def _summaries(self, ctx: AcquisitionContext, batch: dict[str, Any], seed: int) -> dict[str, torch.Tensor]:
+    def _summaries(
+        self, ctx: AcquisitionContext, batch: dict[str, Any], seed: int
+    ) -> dict[str, torch.Tensor]:
         det_name, det = detection_task(dict(ctx.tasks))
         image = batch["image"]
         refs = det.decode(forward(ctx, batch).final[det_name])
@@ -189,9 +201,12 @@ class CALD(Strategy):
         lab = np.asarray(ctx.pool.labelled_images(), dtype=np.int64)
         gt = torch.zeros(det.num_det)
         if len(lab):
+
             def counts(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-                rows = [torch.bincount(t["labels"].cpu(), minlength=det.num_det)[: det.num_det]
-                        for t in batch["targets"][det_name]]
+                rows = [
+                    torch.bincount(t["labels"].cpu(), minlength=det.num_det)[: det.num_det]
+                    for t in batch["targets"][det_name]
+                ]
                 return {"counts": torch.stack(rows).float()}
 
             gt = stream_summaries(ctx, lab, counts, with_labels=True)["counts"].mean(0)
@@ -201,6 +216,10 @@ class CALD(Strategy):
         key = np.where(empty, np.inf, js)
         pick = cand[self.top_k(key, count, rng)]
         return self.image_selection(
-            ctx, unl[pick], -cons[pick], count, rng,
+            ctx,
+            unl[pick],
+            -cons[pick],
+            count,
+            rng,
             diagnostics={"candidates": int(len(unl)), "stage2_candidates": int(n_cand)},
         )

@@ -36,7 +36,10 @@ def class_mixtures(prob: torch.Tensor, eps: float = 1e-12) -> tuple[torch.Tensor
 
 
 def contextual_distance(
-    mix_a: torch.Tensor, pres_a: torch.Tensor, mix_b: torch.Tensor, pres_b: torch.Tensor,
+    mix_a: torch.Tensor,
+    pres_a: torch.Tensor,
+    mix_b: torch.Tensor,
+    pres_b: torch.Tensor,
     eps: float = 1e-12,
 ) -> torch.Tensor:
     """Eq. 2 between every row of ``a`` (n×C×C) and every row of ``b`` (m×C×C) → n×m."""
@@ -78,8 +81,12 @@ class CDAL(Strategy):
             lsum = stream_summaries(ctx, lab, summarise)
             min_d = torch.full((len(unl),), float("inf"))
             for start in range(0, len(lab), 256):
-                d = contextual_distance(mu, pu, lsum["mix"][start : start + 256],
-                                        lsum["present"][start : start + 256] > 0)
+                d = contextual_distance(
+                    mu,
+                    pu,
+                    lsum["mix"][start : start + 256],
+                    lsum["present"][start : start + 256] > 0,
+                )
                 min_d = torch.minimum(min_d, d.min(1).values)
         else:
             min_d = torch.full((len(unl),), float("inf"))
@@ -97,5 +104,6 @@ class CDAL(Strategy):
             d = contextual_distance(mu, pu, mu[choice : choice + 1], pu[choice : choice + 1])[:, 0]
             min_d = torch.minimum(min_d, d)
             min_d[picked] = -1.0
-        return whole_images(ctx, unl[np.asarray(picked, dtype=np.int64)],
-                            diagnostics={"candidates": int(len(unl))})
+        return whole_images(
+            ctx, unl[np.asarray(picked, dtype=np.int64)], diagnostics={"candidates": int(len(unl))}
+        )

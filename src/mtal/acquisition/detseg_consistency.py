@@ -103,7 +103,9 @@ class DetSegConsistency(Strategy):
                 f"`segment(image)` method (model 'detseg'); got {type(model).__name__}"
             )
 
-    def image_scores(self, ctx: AcquisitionContext, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def image_scores(
+        self, ctx: AcquisitionContext, batch: dict[str, Any]
+    ) -> dict[str, torch.Tensor]:
         """Per-image summaries of one batch: ``score`` S, ``s_seg``, ``s_box``
         (max_box(S_loc + S_cls) over the enabled scores) and ``n_boxes``."""
         det_name, det = detection_task(dict(ctx.tasks))

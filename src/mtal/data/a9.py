@@ -89,8 +89,14 @@ class A9(IdListDataset):
         self._cls = {n: i for i, n in enumerate(self.class_names)}
         labels = self.root / split / "labels"
         if not labels.is_dir():
-            raise DatasetLayoutError(f"missing A9 label folder: {labels}\nexpected layout:\n{LAYOUT}")
-        cams = sorted(p.name for p in labels.iterdir() if p.is_dir()) if cameras is None else list(cameras)
+            raise DatasetLayoutError(
+                f"missing A9 label folder: {labels}\nexpected layout:\n{LAYOUT}"
+            )
+        cams = (
+            sorted(p.name for p in labels.iterdir() if p.is_dir())
+            if cameras is None
+            else list(cameras)
+        )
         self._items: list[tuple[Path, Path]] = []
         for cam in cams:
             for label in sorted((labels / cam).glob("*.json")):
@@ -104,7 +110,9 @@ class A9(IdListDataset):
                     )
                 self._items.append((found[0], label))
         if not self._items:
-            raise DatasetLayoutError(f"A9: no OpenLABEL files under {labels}\nexpected layout:\n{LAYOUT}")
+            raise DatasetLayoutError(
+                f"A9: no OpenLABEL files under {labels}\nexpected layout:\n{LAYOUT}"
+            )
         self.ids = [f"{img.parent.name}/{img.stem}" for img, _ in self._items]
 
     def image_path(self, index: int) -> Path:
@@ -116,7 +124,10 @@ class A9(IdListDataset):
         from PIL import Image
 
         img_path, label = self._items[index]
-        image = as_uint8_image(np.asarray(Image.open(check_file(img_path, "A9 image", LAYOUT)).convert("RGB")), img_path)
+        image = as_uint8_image(
+            np.asarray(Image.open(check_file(img_path, "A9 image", LAYOUT)).convert("RGB")),
+            img_path,
+        )
         objects = [o for o in read_openlabel(label) if o.get("type") in self._cls]
         out: dict[str, Any] = {"image": image}
         if "semseg" in tasks:
@@ -125,7 +136,9 @@ class A9(IdListDataset):
                 for poly in obj.get("poly2d", []):
                     pts = np.asarray(poly["val"], dtype=np.float64).reshape(-1, 2)
                     if len(pts) >= 3:
-                        cv2.fillPoly(seg, [np.round(pts).astype(np.int32)], int(self._cls[obj["type"]]))
+                        cv2.fillPoly(
+                            seg, [np.round(pts).astype(np.int32)], int(self._cls[obj["type"]])
+                        )
             out["semseg"] = seg
         if "boxes" in tasks:
             rows, labs = [], []

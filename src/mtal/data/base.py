@@ -46,8 +46,7 @@ class MultiTaskDataset(ABC):
         unknown = [t for t in tasks if t not in allowed]
         if unknown:
             raise ValueError(
-                f"{type(self).__name__} has no task(s) {unknown}; "
-                f"available tasks: {list(allowed)}"
+                f"{type(self).__name__} has no task(s) {unknown}; available tasks: {list(allowed)}"
             )
         self.tasks: tuple[str, ...] = tasks
 

@@ -35,8 +35,15 @@ SYNTHETIC_TO_NUIMAGES: dict[int, str] = {
 }
 #: procedural class id → A9 object type written by :func:`write_a9`
 SYNTHETIC_TO_A9: dict[int, str] = {
-    3: "CAR", 4: "TRUCK", 5: "TRAILER", 6: "VAN", 7: "MOTORCYCLE", 8: "BUS", 9: "PEDESTRIAN",
-    10: "BICYCLE", 11: "OTHER",
+    3: "CAR",
+    4: "TRUCK",
+    5: "TRAILER",
+    6: "VAN",
+    7: "MOTORCYCLE",
+    8: "BUS",
+    9: "PEDESTRIAN",
+    10: "BICYCLE",
+    11: "OTHER",
 }
 
 
@@ -72,16 +79,34 @@ def write_nuimages(
         version = root / f"v1.0-{split}"
         version.mkdir(parents=True, exist_ok=True)
         sensor = {"token": _token("sensor", camera), "channel": camera, "modality": "camera"}
-        calib = {"token": _token("calib", camera), "sensor_token": sensor["token"],
-                 "translation": [0, 0, 0], "rotation": [1, 0, 0, 0],
-                 "camera_intrinsic": [[1, 0, 0], [0, 1, 0], [0, 0, 1]], "camera_distortion": []}
+        calib = {
+            "token": _token("calib", camera),
+            "sensor_token": sensor["token"],
+            "translation": [0, 0, 0],
+            "rotation": [1, 0, 0, 0],
+            "camera_intrinsic": [[1, 0, 0], [0, 1, 0], [0, 0, 1]],
+            "camera_distortion": [],
+        }
         category = [{"token": _token("cat", c), "name": c, "description": c} for c in cats]
         cat_token = {c["name"]: c["token"] for c in category}
         tables: dict[str, list[dict[str, Any]]] = {
-            "category": category, "sensor": [sensor], "calibrated_sensor": [calib],
-            "sample": [], "sample_data": [], "object_ann": [], "surface_ann": [],
-            "attribute": [], "ego_pose": [], "log": [{"token": _token("log"), "logfile": "fixture",
-                                                     "vehicle": "fixture", "location": "fixture"}],
+            "category": category,
+            "sensor": [sensor],
+            "calibrated_sensor": [calib],
+            "sample": [],
+            "sample_data": [],
+            "object_ann": [],
+            "surface_ann": [],
+            "attribute": [],
+            "ego_pose": [],
+            "log": [
+                {
+                    "token": _token("log"),
+                    "logfile": "fixture",
+                    "vehicle": "fixture",
+                    "location": "fixture",
+                }
+            ],
         }
         written[split] = []
         for k, i in enumerate(indices):
@@ -91,28 +116,53 @@ def write_nuimages(
             filename = f"samples/{camera}/{stem}.jpg"
             save_jpg(root / filename, sample["image"])
             sd_token, s_token = _token("sd", split, k), _token("sample", split, k)
-            tables["sample"].append({"token": s_token, "timestamp": k, "log_token": _token("log"),
-                                     "key_camera_token": sd_token})
-            tables["sample_data"].append({
-                "token": sd_token, "sample_token": s_token, "ego_pose_token": _token("ego", split, k),
-                "calibrated_sensor_token": calib["token"], "filename": filename,
-                "fileformat": "jpg", "width": int(w), "height": int(h), "timestamp": k,
-                "is_key_frame": True, "prev": "", "next": "",
-            })
+            tables["sample"].append(
+                {
+                    "token": s_token,
+                    "timestamp": k,
+                    "log_token": _token("log"),
+                    "key_camera_token": sd_token,
+                }
+            )
+            tables["sample_data"].append(
+                {
+                    "token": sd_token,
+                    "sample_token": s_token,
+                    "ego_pose_token": _token("ego", split, k),
+                    "calibrated_sensor_token": calib["token"],
+                    "filename": filename,
+                    "fileformat": "jpg",
+                    "width": int(w),
+                    "height": int(h),
+                    "timestamp": k,
+                    "is_key_frame": True,
+                    "prev": "",
+                    "next": "",
+                }
+            )
             floor = np.asarray(sample["semseg"]) == 1
             if floor.any():
-                tables["surface_ann"].append({
-                    "token": _token("surf", split, k), "sample_data_token": sd_token,
-                    "category_token": cat_token[SYNTHETIC_TO_NUIMAGES[1]], "mask": encode_rle(floor),
-                })
+                tables["surface_ann"].append(
+                    {
+                        "token": _token("surf", split, k),
+                        "sample_data_token": sd_token,
+                        "category_token": cat_token[SYNTHETIC_TO_NUIMAGES[1]],
+                        "mask": encode_rle(floor),
+                    }
+                )
             for j, (lab, box, mask) in enumerate(_instance_masks(sample)):
                 if lab not in SYNTHETIC_TO_NUIMAGES:
                     continue
-                tables["object_ann"].append({
-                    "token": _token("obj", split, k, j), "sample_data_token": sd_token,
-                    "category_token": cat_token[SYNTHETIC_TO_NUIMAGES[lab]], "attribute_tokens": [],
-                    "bbox": [float(v) for v in box], "mask": encode_rle(mask),
-                })
+                tables["object_ann"].append(
+                    {
+                        "token": _token("obj", split, k, j),
+                        "sample_data_token": sd_token,
+                        "category_token": cat_token[SYNTHETIC_TO_NUIMAGES[lab]],
+                        "attribute_tokens": [],
+                        "bbox": [float(v) for v in box],
+                        "mask": encode_rle(mask),
+                    }
+                )
             written[split].append(stem)
         for name, rows in tables.items():
             (version / f"{name}.json").write_text(json.dumps(rows))
@@ -128,7 +178,10 @@ def _polygons(mask: np.ndarray) -> list[list[float]]:
 
 
 def write_a9(
-    root: str | Path, source: Any, n_train: int, n_val: int,
+    root: str | Path,
+    source: Any,
+    n_train: int,
+    n_val: int,
     cameras: Sequence[str] = ("s110_camera_basler_south1_8mm",),
 ) -> dict[str, list[str]]:
     """Write ``source`` in the A9 OpenLABEL layout (``<split>/images|labels/<camera>/``);
@@ -149,17 +202,33 @@ def write_a9(
                 if lab not in SYNTHETIC_TO_A9:
                     continue
                 x1, y1, x2, y2 = box
-                objects[_token("a9", split, k, j)] = {"object_data": {
-                    "name": f"{SYNTHETIC_TO_A9[lab]}_{j}", "type": SYNTHETIC_TO_A9[lab],
-                    "bbox": [{"name": "shape", "val": [(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1]}],
-                    "poly2d": [{"name": "mask", "val": p, "closed": True} for p in _polygons(mask)],
-                }}
-            doc = {"openlabel": {
-                "metadata": {"schema_version": "1.0.0"},
-                "streams": {cam: {"type": "camera", "uri": f"{stem}.jpg"}},
-                "frames": {str(k): {"frame_properties": {"image_file_names": [f"{stem}.jpg"]},
-                                    "objects": objects}},
-            }}
+                objects[_token("a9", split, k, j)] = {
+                    "object_data": {
+                        "name": f"{SYNTHETIC_TO_A9[lab]}_{j}",
+                        "type": SYNTHETIC_TO_A9[lab],
+                        "bbox": [
+                            {
+                                "name": "shape",
+                                "val": [(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1],
+                            }
+                        ],
+                        "poly2d": [
+                            {"name": "mask", "val": p, "closed": True} for p in _polygons(mask)
+                        ],
+                    }
+                }
+            doc = {
+                "openlabel": {
+                    "metadata": {"schema_version": "1.0.0"},
+                    "streams": {cam: {"type": "camera", "uri": f"{stem}.jpg"}},
+                    "frames": {
+                        str(k): {
+                            "frame_properties": {"image_file_names": [f"{stem}.jpg"]},
+                            "objects": objects,
+                        }
+                    },
+                }
+            }
             (root / split / "labels" / cam / f"{stem}.json").write_text(json.dumps(doc))
             written[split].append(f"{cam}/{stem}")
     return written

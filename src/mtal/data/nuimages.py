@@ -71,8 +71,15 @@ NUIMAGES_CATEGORY_MAP: dict[str, str] = {
     "movable_object.trafficcone": "traffic_cone",
     "movable_object.barrier": "barrier",
 }
-TABLES = ("category", "sample", "sample_data", "calibrated_sensor", "sensor", "object_ann",
-          "surface_ann")
+TABLES = (
+    "category",
+    "sample",
+    "sample_data",
+    "calibrated_sensor",
+    "sensor",
+    "object_ann",
+    "surface_ann",
+)
 SPLIT_VERSIONS = {"train": "v1.0-train", "val": "v1.0-val", "test": "v1.0-val", "mini": "v1.0-mini"}
 LAYOUT = __doc__.split("Expected layout (``root``)::")[1].split("Samples:")[0]
 
@@ -95,7 +102,10 @@ def encode_rle(mask: np.ndarray) -> dict[str, Any]:
     from pycocotools import mask as cocomask
 
     rle = cocomask.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(v) for v in rle["size"]], "counts": base64.b64encode(rle["counts"]).decode()}
+    return {
+        "size": [int(v) for v in rle["size"]],
+        "counts": base64.b64encode(rle["counts"]).decode(),
+    }
 
 
 def _read_table(folder: Path, name: str) -> list[dict[str, Any]]:
@@ -142,10 +152,14 @@ class NuImages(IdListDataset):
             raise ValueError(f"nuimages: split {split!r}; use one of {list(SPLIT_VERSIONS)}")
         folder = self.root / (version or SPLIT_VERSIONS[split])
         if not folder.is_dir():
-            raise DatasetLayoutError(f"missing nuImages version folder: {folder}\nexpected layout:\n{LAYOUT}")
+            raise DatasetLayoutError(
+                f"missing nuImages version folder: {folder}\nexpected layout:\n{LAYOUT}"
+            )
         t = {name: _read_table(folder, name) for name in TABLES}
         sensors = {s["token"]: s for s in t["sensor"]}
-        channel = {c["token"]: sensors[c["sensor_token"]]["channel"] for c in t["calibrated_sensor"]}
+        channel = {
+            c["token"]: sensors[c["sensor_token"]]["channel"] for c in t["calibrated_sensor"]
+        }
         sd = {r["token"]: r for r in t["sample_data"]}
         cls_id = {name: i for i, name in enumerate(self.class_names)}
         self._category = {
@@ -176,7 +190,9 @@ class NuImages(IdListDataset):
         path = check_file(self.image_path(index), "nuImages image", LAYOUT)
         image = as_uint8_image(np.asarray(Image.open(path).convert("RGB")), path)
         out: dict[str, Any] = {"image": image}
-        objects = [a for a in self._objects.get(rec["token"], []) if a["category_token"] in self._category]
+        objects = [
+            a for a in self._objects.get(rec["token"], []) if a["category_token"] in self._category
+        ]
         if "semseg" in tasks:
             seg = np.zeros(image.shape[:2], dtype=np.uint8)
             for ann in [*self._surfaces.get(rec["token"], []), *objects]:

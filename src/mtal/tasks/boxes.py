@@ -149,9 +149,7 @@ class BoxesTask(OptionsTask):
         boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
         seg_labels = np.asarray(seg_labels, dtype=np.int64).reshape(-1)
         if len(boxes) != len(seg_labels):
-            raise ValueError(
-                f"task 'boxes': {len(boxes)} boxes but {len(seg_labels)} box_labels"
-            )
+            raise ValueError(f"task 'boxes': {len(boxes)} boxes but {len(seg_labels)} box_labels")
         det = np.array([self._seg_to_det.get(int(c), -1) for c in seg_labels], dtype=np.int64)
         keep = (det >= 0) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         return {

@@ -113,7 +113,9 @@ class DetSeg(MultiTaskNet):
         heads: dict[str, nn.Module] = {}
         for name, t in self.tasks.items():
             if name == self.det_task:
-                heads[name] = DetHead(encoder_channels, head_channels, t.num_det, det_convs, dropout)
+                heads[name] = DetHead(
+                    encoder_channels, head_channels, t.num_det, det_convs, dropout
+                )
             else:
                 heads[name] = ASPPHead(
                     encoder_channels, head_channels, t.out_channels, aspp_rates, dropout
