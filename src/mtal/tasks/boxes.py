@@ -202,6 +202,12 @@ class BoxesTask(OptionsTask):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """FCOS targets of one image: class per location (0 = background, c+1 = class c),
         ltrb distances (pixels, (h·w)×4) and centre-ness ((h·w)), see module docstring."""
+        return self._assign(target, h, w)[:3]
+
+    def _assign(
+        self, target: Detections, h: int, w: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`assign` plus the matched box index of each location."""
         boxes = target["boxes"].to(torch.float32)
         labels = target["labels"].to(torch.int64)
         device = boxes.device
@@ -210,7 +216,7 @@ class BoxesTask(OptionsTask):
         cls = torch.zeros(n, dtype=torch.int64, device=device)
         ltrb = torch.zeros(n, 4, device=device)
         if boxes.shape[0] == 0:
-            return cls, ltrb, torch.zeros(n, device=device)
+            return cls, ltrb, torch.zeros(n, device=device), cls.clone()
         x, y = loc[:, :1], loc[:, 1:]
         d = torch.stack(
             [x - boxes[:, 0], y - boxes[:, 1], boxes[:, 2] - x, boxes[:, 3] - y], dim=2
@@ -234,7 +240,7 @@ class BoxesTask(OptionsTask):
             * (tb.min(1).values / tb.max(1).values.clamp(min=1e-6))
         )
         ltrb = torch.where(pos[:, None], ltrb, torch.zeros_like(ltrb))
-        return cls, ltrb, torch.where(pos, ctr, torch.zeros_like(ctr))
+        return cls, ltrb, torch.where(pos, ctr, torch.zeros_like(ctr)), best
 
     def boxes_from(self, dist: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """Pixel ltrb distances ``(h·w)×4`` → xyxy boxes around the locations."""
@@ -247,7 +253,7 @@ class BoxesTask(OptionsTask):
 
         cls_logits, reg, ctr = self.split(raw.unsqueeze(0))
         h, w = raw.shape[-2:]
-        cls_t, ltrb_t, ctr_t = self.assign(target, h, w)
+        cls_t, _, ctr_t, match = self._assign(target, h, w)
         logits = cls_logits[0].flatten(1).T  # n×(C+1)
         logp = logits.float().log_softmax(1)
         logp_t = logp.gather(1, cls_t[:, None]).squeeze(1)
@@ -260,7 +266,9 @@ class BoxesTask(OptionsTask):
         if bool(pos.any()):
             dist = reg[0].flatten(1).T.float().clamp(max=20.0).exp() * self.stride
             pred_boxes = self.boxes_from(dist, h, w)[pos]
-            gt_boxes = self.boxes_from(ltrb_t, h, w)[pos]
+            # the matched ground-truth box itself (exact also for a location outside a
+            # tiny box, whose clamped distances would not rebuild it)
+            gt_boxes = target["boxes"].to(pred_boxes)[match[pos]]
             giou = generalized_box_iou_loss(pred_boxes, gt_boxes, reduction="sum")
             bce = F.binary_cross_entropy_with_logits(
                 ctr[0].flatten()[pos].float(), ctr_t[pos], reduction="sum"
