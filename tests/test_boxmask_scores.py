@@ -98,3 +98,54 @@ def test_box_masks_resegment_the_crop_and_threshold_the_box_class() -> None:
     assert not bool(second.mask.any())  # no red there: empty BoxMask
     union = bm.paste_union(out[0], 16, 24, torch.device("cpu"))
     assert int(union.sum()) == 64
+
+
+class _RedNet(torch.nn.Module):
+    """A constructed det+seg 'network': semseg class 1 where the red channel is high;
+    one detection of class 1 (seg id 1) at the box (8, 8, 16, 16) in every image."""
+
+    def __init__(self, boxes_task) -> None:
+        super().__init__()
+        self.boxes_task = boxes_task
+
+    def segment(self, x: torch.Tensor) -> torch.Tensor:
+        logit = (x[:, 0] - 0.5) * 20
+        return torch.stack([-logit, logit], dim=1)
+
+    def forward(self, image: torch.Tensor):
+        from mtal.types import MultiTaskOutput
+
+        b, _, h, w = image.shape
+        raw = torch.full((b, 7, h // 4, w // 4), -10.0)
+        raw[:, 0] = 10.0
+        # location (row 2, col 2) has centre (10, 10); distances l=t=2, r=b=6 px → (8, 8, 16, 16)
+        raw[:, 0, 2, 2], raw[:, 1, 2, 2] = -10.0, 10.0
+        raw[:, 2:6, 2, 2] = torch.log(torch.tensor([2.0, 2.0, 6.0, 6.0]) / 4)
+        raw[:, 6] = 10.0
+        return MultiTaskOutput(final={"semseg": self.segment(image), "boxes": raw})
+
+
+def test_strategy_scores_a_consistent_image_lower_than_an_inconsistent_one() -> None:
+    from mtal.acquisition import AcquisitionContext, create_strategy
+    from mtal.tasks import create_task
+
+    tasks = {
+        "semseg": create_task("semseg", num_classes=2),
+        "boxes": create_task("boxes", classes=[1], score_threshold=0.5),
+    }
+    image = torch.zeros(2, 3, 24, 24)
+    image[0, 0, 8:16, 8:16] = 1.0  # the object fills the detected box
+    image[1, 0, 4:12, 2:10] = 1.0  # the object is elsewhere: tasks disagree
+    ctx = AcquisitionContext(model=_RedNet(tasks["boxes"]), tasks=tasks, pool=None, datamodule=None)
+    strategy = create_strategy("detseg", margin=0.5, crop_size=32)
+    with torch.no_grad():
+        out = strategy.image_scores(ctx, {"image": image, "index": torch.arange(2)})
+    assert out["n_boxes"].tolist() == [1.0, 1.0]
+    # consistent image: S_loc = 0, S_cls ≈ 0 (seg and box agree on class 1), S_seg = 0
+    assert float(out["score"][0]) == pytest.approx(0.0, abs=1e-2)
+    # inconsistent: the BoxMask is the part of the red square inside the crop
+    # (4..12 × 4..10), IoU with the box 8..16 × 8..16 = 4·2 / (64 + 48 − 8) → S_loc ≈ 0.92;
+    # object pixels outside every BoxMask: columns 2..3 of rows 4..11 → 16 / 576
+    assert float(out["s_seg"][1]) == pytest.approx(16 / 576, abs=1e-6)
+    assert float(out["s_box"][1]) > 0.9
+    assert float(out["score"][1]) > float(out["score"][0]) + 0.9
