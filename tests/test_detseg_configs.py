@@ -50,3 +50,22 @@ def test_mdsq_from_the_reference_run() -> None:
     assert out["full"][0][0]["val/mdsq"] == pytest.approx(1.0)
     assert "val/mdsq" not in out["other"][0][0]
     assert "val/mdsq" not in add_mdsq({"detseg": runs["detseg"]})["detseg"][0][0]
+
+
+def test_report_writes_mdsq_curve_and_column(tmp_path: Path) -> None:
+    from mtal.report import write_report
+
+    header = "cycle,labelled_images,labels,labelled_fraction,val/boxes/map,val/semseg/miou\n"
+    for name, rows in {
+        "full": ["0,10,20,1.0,0.5,0.4\n"],
+        "detseg": ["0,4,8,0.4,0.25,0.2\n", "1,5,10,0.5,0.5,0.3\n"],
+    }.items():
+        folder = tmp_path / "exp" / name / "seed0"
+        folder.mkdir(parents=True)
+        (folder / "metrics.csv").write_text(header + "".join(rows))
+    out = write_report(tmp_path / "exp")
+    assert (out / "curve_mdsq.png").exists() and (out / "curve_boxes_map.png").exists()
+    summary = (out / "summary.md").read_text()
+    assert "mdsq ↑" in summary and "boxes/map ↑" in summary
+    # cycle 1: (0.5 / 0.5 + 0.3 / 0.4) / 2 = 0.875
+    assert "0.8750" in summary and "0.5000" in summary  # cycle 0: (0.5 + 0.5) / 2
