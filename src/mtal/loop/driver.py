@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch import LightningModule, Trainer, seed_everything
 
 from mtal.io import StateFileError
-from mtal.loop.callback import ActiveLoop
+from mtal.loop.callback import ActiveLoop, CycleTracker
 from mtal.loop.crash import crash_point
 from mtal.loop.oracle import apply_selection
 from mtal.loop.runfolder import (
@@ -36,6 +36,7 @@ from mtal.loop.settings import (
     run_dir_for,
     validate_settings,
 )
+from mtal.progress import Clock
 from mtal.tracking import OffsetLogger, close_logger, create_logger
 
 if TYPE_CHECKING:
@@ -228,6 +229,7 @@ class ActiveLearningLoop:
             notes=s.description,
         )
         results: list[CycleResult] = []
+        clock = Clock(s.cycles - latest)  # elapsed and ETA on every cycle line
         try:
             for ran, cycle in enumerate(range(latest, s.cycles)):
                 if s.stop_after is not None and ran >= s.stop_after:
@@ -265,7 +267,7 @@ class ActiveLearningLoop:
                 self.progress(
                     f"[mtal] cycle {cycle}: {metrics.get(s.monitor, float('nan')):.4f} {s.monitor}; "
                     f"bought {len(selection.pairs)} labels on {len(selection.images)} images "
-                    f"({time.perf_counter() - start:.1f}s)"
+                    f"({time.perf_counter() - start:.1f}s; cycles {clock.lap()})"
                 )
                 results.append(CycleResult(cycle, metrics, len(selection.pairs)))
         except BaseException:
@@ -303,7 +305,7 @@ class ActiveLearningLoop:
             self.module.load_state_dict(load_weights(self.weights_path(cycle - 1)))
         stats = pool_stats(pool)
         offset = int(state["step_offsets"][str(cycle)])
-        callback = ActiveLoop(cycle, stats, monitor=s.monitor, mode=s.monitor_mode)
+        callback = CycleTracker(cycle, stats, monitor=s.monitor, mode=s.monitor_mode)
         wrapped = OffsetLogger(logger, offset) if logger is not None else False
         trainer = self.make_trainer(callbacks=[callback], logger=wrapped)
         trainer.fit(self.module, datamodule=self.datamodule)
@@ -330,26 +332,34 @@ class ActiveLearningLoop:
         state: dict[str, Any],
         strategy_state: dict[str, Any],
     ) -> Selection:
-        """Select with the loop's strategy; torch/numpy are reseeded from (seed, cycle)
-        first, so MC dropout or auto-encoder training do not depend on what ran before."""
-        from mtal.acquisition.base import AcquisitionContext
+        """Select with the loop's strategy through :meth:`ActiveLoop.select` (the code the
+        callback uses): torch/numpy are reseeded from (seed, cycle) first, so MC dropout
+        or auto-encoder training do not depend on what ran before. With W&B the request
+        and the AL curve so far are logged."""
+        from mtal.tracking import log_request
 
         net = getattr(self.module, "net", self.module)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         net.to(device)
-        seed = derive_seed(self.settings.seed, "select", cycle)
-        state["seeds"][f"select_cycle_{cycle}"] = seed
-        seed_everything(seed, workers=True, verbose=False)
-        ctx = AcquisitionContext(
-            model=net,
-            tasks=dict(self.module.task_objects),
+        acquirer = ActiveLoop(self.strategy, seed=self.settings.seed)
+        state["seeds"][f"select_cycle_{cycle}"] = acquirer.select_seed(cycle)
+        selection = acquirer.select(
+            self.module,
+            self.datamodule,
+            cycle,
+            budget=budget,
             pool=pool,
-            datamodule=self.datamodule,
-            device=device,
-            cycle=cycle,
-            seed=seed,
             state=strategy_state,
+            device=device,
         )
-        selection = self.strategy.select(ctx, budget)
         net.to("cpu")
+        if self.settings.logger == "wandb":
+            log_request(
+                None,
+                selection,
+                pool,
+                self.datamodule.train_dataset,
+                cycle + 1,
+                curve=self.metrics.rows(),
+            )
         return selection

@@ -1,7 +1,8 @@
 """Multi-task networks (plain ``nn.Module``s returning :class:`mtal.types.MultiTaskOutput`).
 
 ``create_model(name, tasks, **kw)`` builds a registered model: ``hps`` (shared encoder +
-one head per task), ``padnet`` (PAD-Net with pairwise committee and GT substitution) or
+one head per task), ``padnet`` (PAD-Net with pairwise committee and GT substitution),
+``smp`` (a segmentation_models_pytorch encoder-decoder trunk + one head per task) or
 ``detseg`` (shared encoder, FCOS-style detection head + segmentation head).
 """
 
@@ -31,6 +32,7 @@ from mtal.models.detseg import DetSeg  # noqa: E402
 from mtal.models.hps import HPS  # noqa: E402
 from mtal.models.ll4al import LossPredictionModule, ll4al_ranking_loss  # noqa: E402
 from mtal.models.padnet import PADNet  # noqa: E402
+from mtal.models.smp import SMPNet  # noqa: E402
 
 __all__ = [
     "HPS",
@@ -38,6 +40,7 @@ __all__ = [
     "MODELS",
     "LossPredictionModule",
     "PADNet",
+    "SMPNet",
     "create_model",
     "ll4al_ranking_loss",
 ]
