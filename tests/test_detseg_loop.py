@@ -24,11 +24,12 @@ TINY = [
     "strategy, extra",
     [
         ("detseg", ["--loop.strategy_kwargs={min_score: 0.0, max_boxes: 2}"]),
-        # cycle 0 of alternation is CALD; EquAL-semseg and Random are exercised through
-        # select() in test_detseg_strategies.py (kept out here for the suite's time budget)
+        # cycle 0 of alternation is CALD (its other member, EquAL-semseg, runs below)
         ("alternation", ["--loop.strategy_kwargs={options: {cald: {augmentations: [flip]}}}"]),
         ("ll4al", ["--model.loss_prediction=true"]),
         ("cdal", []),
+        ("equal-semseg", []),
+        ("random", []),
     ],
 )
 def test_loop_runs_end_to_end(
