@@ -90,7 +90,7 @@ def test_registry_names() -> None:
     expected |= {f"equal-{t}" for t in ("semseg", "depth", "normals", "edge", "saliency", "parts")}
     expected |= {"detseg", "cald", "alternation", "cdal"}  # ICCVW'23 det+seg (test_detseg_*)
     assert set(STRATEGIES.names()) == expected
-    with pytest.raises(UnknownNameError, match="known strategys: alternation, cald"):
+    with pytest.raises(UnknownNameError, match="known strategies: alternation, cald"):
         create_strategy("nope")
 
 

@@ -256,9 +256,13 @@ def run_grid(
             executed.append(run)
             continue
         if subprocesses:
-            subprocess.run(
-                [sys.executable, "-m", "mtal.cli", *run.args], check=True, env=os.environ.copy()
+            done = subprocess.run(
+                [sys.executable, "-m", "mtal.cli", *run.args], env=os.environ.copy()
             )
+            if done.returncode != 0:  # the grid stops with the run's own exit code
+                code = done.returncode if done.returncode > 0 else 128 - done.returncode
+                print(f"{label}: exited with {code}; rerun the same command to resume", flush=True)
+                raise SystemExit(code)
         else:
             run_cli(run.args)
         executed.append(run)

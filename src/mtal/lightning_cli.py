@@ -9,8 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from lightning.pytorch import Trainer
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from mtal.loop import ActiveLearningLoop, LoopSettings
 
@@ -73,8 +73,41 @@ class ActiveTrainer(Trainer):
         )
 
 
+class RedactedSaveConfig(SaveConfigCallback):
+    """Lightning's config saver (``<log_dir>/config.yaml`` of ``mtal fit``/``validate``/
+    ``test``) with every secret redacted (:func:`mtal.tracking.redact`), written atomically."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["save_to_log_dir"] = False  # save_config below writes the redacted file
+        super().__init__(*args, **kwargs)
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        import yaml
+
+        from mtal.io import atomic_write_text
+        from mtal.tracking import redact
+
+        log_dir = trainer.log_dir
+        if log_dir is None:
+            return
+        text = self.parser.dump(self.config, skip_none=False)
+        safe = redact(yaml.safe_load(text))
+        atomic_write_text(
+            Path(log_dir) / self.config_filename, yaml.safe_dump(safe, sort_keys=False)
+        )
+
+
 class MtalCLI(LightningCLI):
     """LightningCLI with the active-learning subcommands and data→model links."""
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse ``args`` (mtal always passes the command line itself, with its default
+        config inserted), without Lightning's warning about args *and* ``sys.argv``,
+        which echoed the whole command line, secrets included."""
+        if isinstance(args, dict):
+            self.config = parser.parse_object(args)
+        else:
+            self.config = parser.parse_args(args)
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:

@@ -19,13 +19,20 @@ _SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential)
 #: that equals the live WANDB_API_KEY.
 _WANDB_KEY = re.compile(r"\b[0-9a-f]{40}\b|\blocal-[0-9a-f]{40}\b", re.I)
 REDACTED = "<redacted>"
+#: ``api_key=…``, ``password: …``, ``"secret": "…"``, ``--wandb-token …`` in free text: a
+#: credential-like name, ``=``/``:`` (or, after a ``--flag``, whitespace), then the value
+_CREDENTIAL = r"[\w.-]*(?:api[_-]?key|token|secret|password|passwd|credential)s?[\w-]*"
+_VALUE = r"""(?P<value>"[^"]*"|'[^']*'|[^\s,;'"]+)"""
+_KEY_VALUE = re.compile(rf"""(?P<name>["']?{_CREDENTIAL}["']?)(?P<sep>\s*[:=]\s*){_VALUE}""", re.I)
+_FLAG_VALUE = re.compile(rf"(?P<name>--{_CREDENTIAL})(?P<sep>\s+)(?!-){_VALUE}", re.I)
 
 
 def redact(obj: Any) -> Any:
     """A copy of ``obj`` (nested dicts/lists/strings) with secrets replaced by ``<redacted>``.
 
     A value is secret when its key looks like a credential, when it looks like a W&B
-    API key, or when it contains the current ``WANDB_API_KEY``.
+    API key, or when it contains the current ``WANDB_API_KEY``; in free text, the value
+    after a credential-like name (``api_key=…``, ``password: …``) is redacted too.
     """
     live = os.environ.get("WANDB_API_KEY") or ""
     if isinstance(obj, Mapping):
@@ -38,8 +45,15 @@ def redact(obj: Any) -> Any:
     if isinstance(obj, str):
         if live and live in obj:
             obj = obj.replace(live, REDACTED)
+        obj = _FLAG_VALUE.sub(_hide_value, _KEY_VALUE.sub(_hide_value, obj))
         return _WANDB_KEY.sub(REDACTED, obj)
     return obj
+
+
+def _hide_value(match: re.Match[str]) -> str:
+    if match.group("value") == REDACTED:
+        return match.group(0)
+    return f"{match.group('name')}{match.group('sep')}{REDACTED}"
 
 
 class OffsetLogger(Logger):

@@ -246,8 +246,12 @@ class CycleTracker(Callback):
         if trainer.sanity_checking:
             return
         value = trainer.callback_metrics.get(self.monitor)
-        if value is None:
-            return
+        if value is None:  # a misspelt monitor would silently keep the last weights
+            known = sorted(k for k in trainer.callback_metrics if k.startswith("val/"))
+            raise ValueError(
+                f"loop.monitor={self.monitor!r} is not a validation metric of this model; "
+                f"choose one of {known}"
+            )
         score = float(value)
         better = (
             self.best_score is None

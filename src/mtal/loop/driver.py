@@ -14,13 +14,18 @@ from typing import TYPE_CHECKING, Any
 import torch
 from lightning.pytorch import LightningModule, Trainer, seed_everything
 
+from mtal.interrupt import mark_cycle
 from mtal.io import StateFileError
 from mtal.loop.callback import ActiveLoop, CycleTracker
 from mtal.loop.crash import crash_point
+from mtal.loop.guard import check_data_up_front, locked_run_folder
+from mtal.loop.identity import check_identity
 from mtal.loop.oracle import apply_selection
 from mtal.loop.runfolder import (
     MetricsTable,
     RunFolder,
+    check_pool_sense,
+    check_run_location,
     cpu_state,
     is_number,
     load_weights,
@@ -75,6 +80,7 @@ class ActiveLearningLoop:
         from mtal.acquisition import create_strategy
 
         validate_settings(settings)
+        check_run_location(settings)
         self.module = module
         self.datamodule = datamodule
         self.settings = settings
@@ -160,6 +166,7 @@ class ActiveLearningLoop:
                     f"(newest pool {self.pool_path(latest)}); it belongs to another run"
                 )
             pool = LabelPool.load(self.pool_path(latest))
+            check_pool_sense(pool, self.pool_path(latest), latest)
             dm.attach_pool(pool)
             initial = load_weights(self.init_path)
             own = self.module.state_dict()
@@ -187,8 +194,15 @@ class ActiveLearningLoop:
         dm.setup("fit")
         _ = dm.train_dataloader().dataset[0]
         val = dm.val_dataloader().dataset
-        if len(val):
-            _ = val[0]
+        if not len(val):
+            raise ValueError(
+                f"the validation set is empty (data.val_size={getattr(dm, 'val_size', '?')}): "
+                f"the loop picks each cycle's best weights by {s.monitor}; set data.val_size "
+                f"to at least 1 (or null for the whole split)"
+            )
+        _ = val[0]
+        if fresh:
+            check_data_up_front(dm, s.check_data_up_to)
         state.setdefault("step_offsets", {})
         seeds = state.setdefault("seeds", {})
         seeds["loop"] = s.seed
@@ -198,7 +212,12 @@ class ActiveLearningLoop:
         return pool, latest, state, initial, fresh
 
     def run(self) -> list[CycleResult]:
-        """Run the remaining cycles; returns one :class:`CycleResult` per cycle run here."""
+        """Run the remaining cycles; returns one :class:`CycleResult` per cycle run here.
+        The run folder is locked for the whole run (:mod:`mtal.loop.guard`)."""
+        with locked_run_folder(self.run_dir):
+            return self._run()
+
+    def _run(self) -> list[CycleResult]:
         s, dm = self.settings, self.datamodule
         if not s.verbose:  # one fresh Trainer per cycle would repeat its banners every time
             for name in (
@@ -206,8 +225,17 @@ class ActiveLearningLoop:
                 "lightning.fabric.utilities.rank_zero",
             ):
                 logging.getLogger(name).setLevel(logging.WARNING)
+        newest = self.folder.latest_pool_cycle()
+        identity = check_identity(  # a rerun with other settings stops here (issue 13)
+            self.run_dir,
+            {"loop": asdict(s), **{k: v for k, v in self.config.items() if k != "loop"}},
+            latest=newest or 0,
+            fresh=newest is None,
+            allow_change=s.allow_config_change,
+        )
         pool, latest, state, initial, fresh = self._prepare()
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        identity.record()
         if fresh:
             self._write_state(state)
             save_weights(initial, self.init_path)
@@ -234,6 +262,7 @@ class ActiveLearningLoop:
             for ran, cycle in enumerate(range(latest, s.cycles)):
                 if s.stop_after is not None and ran >= s.stop_after:
                     break
+                mark_cycle(cycle)
                 start = time.perf_counter()
                 state["seeds"][f"fit_cycle_{cycle}"] = derive_seed(s.seed, "fit", cycle)
                 state["step_offsets"][str(cycle)] = self._step_offset(cycle)
