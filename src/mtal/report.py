@@ -45,6 +45,10 @@ HIGHER_IS_BETTER = {
     "pct_22_5",
     "pct_30",
     "delta_m",
+    "map",
+    "map_50",
+    "map_75",
+    "mdsq",
 }
 HEADLINE = "val/mtl_loss"
 #: each task's headline metric, in order of preference, for the compact summary table
@@ -55,6 +59,7 @@ TASK_HEADLINES = {
     "normals": ("mean",),
     "edge": ("odsf", "odsf_approx"),
     "saliency": ("maxf",),
+    "boxes": ("map",),
 }
 REFERENCE = "full"
 
@@ -237,6 +242,8 @@ def headline_metrics(metrics: list[str]) -> list[str]:
         found = next((f"val/{task}/{n}" for n in names if f"val/{task}/{n}" in metrics), None)
         if found is not None:
             chosen.append(found)
+    if "val/mdsq" in metrics:
+        chosen.append("val/mdsq")
     return chosen
 
 
@@ -252,6 +259,10 @@ def write_report(experiment_dir: str | Path, task_costs: dict[str, float] | None
     ``task_costs`` prices the cost axis (default: each run's ``loop.task_costs``)."""
     experiment_dir = Path(experiment_dir)
     runs = read_runs(experiment_dir)
+    if runs:
+        from mtal.reporting_detseg import add_mdsq
+
+        runs = add_mdsq(runs, REFERENCE)  # det+seg experiments: val/mdsq (Eq. 4)
     if not runs:
         raise FileNotFoundError(
             f"no runs under {experiment_dir}: expected {experiment_dir}/<strategy>/seed<k>/metrics.csv "

@@ -41,11 +41,13 @@ class MultiTaskDataset(ABC):
     def __init__(self, split: str = "train", tasks: Sequence[str] | None = None) -> None:
         self.split = split
         tasks = tuple(tasks) if tasks is not None else self.available_tasks
-        unknown = [t for t in tasks if t not in self.available_tasks]
+        # ``extra_tasks``: targets a dataset provides only when asked (synthetic boxes)
+        allowed = (*self.available_tasks, *getattr(self, "extra_tasks", ()))
+        unknown = [t for t in tasks if t not in allowed]
         if unknown:
             raise ValueError(
                 f"data.tasks: {type(self).__name__} has no task(s) {unknown}; "
-                f"available tasks: {list(self.available_tasks)}"
+                f"available tasks: {list(allowed)}"
             )
         self.tasks: tuple[str, ...] = tasks
 

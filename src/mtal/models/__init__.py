@@ -1,8 +1,9 @@
 """Multi-task networks (plain ``nn.Module``s returning :class:`mtal.types.MultiTaskOutput`).
 
 ``create_model(name, tasks, **kw)`` builds a registered model: ``hps`` (shared encoder +
-one head per task), ``padnet`` (PAD-Net with pairwise committee and GT substitution) or
-``smp`` (a segmentation_models_pytorch encoder-decoder trunk + one head per task).
+one head per task), ``padnet`` (PAD-Net with pairwise committee and GT substitution),
+``smp`` (a segmentation_models_pytorch encoder-decoder trunk + one head per task) or
+``detseg`` (shared encoder, FCOS-style detection head + segmentation head).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def create_model(name: str, tasks: Mapping[str, Task], **kw: Any) -> nn.Module:
 
 
 # imported last: these modules register themselves into MODELS
+from mtal.models.detseg import DetSeg  # noqa: E402
 from mtal.models.hps import HPS  # noqa: E402
 from mtal.models.ll4al import LossPredictionModule, ll4al_ranking_loss  # noqa: E402
 from mtal.models.padnet import PADNet  # noqa: E402
@@ -34,6 +36,7 @@ from mtal.models.smp import SMPNet  # noqa: E402
 
 __all__ = [
     "HPS",
+    "DetSeg",
     "MODELS",
     "LossPredictionModule",
     "PADNet",
