@@ -49,9 +49,10 @@ class SegNet(nn.Module):
     """mtan's multi-task SegNet (``filters`` 64-128-256-512-512; ``deep=True`` doubles
     each conv layer as mtan's "deep" type; ``[64, 128, 256, 512, 1024]`` is "wide").
 
-    ``backbone``/``pretrained`` are accepted for config uniformity and must stay
-    ``segnet``/``False``: SegNet trains from scratch. Input sides must be multiples of
-    2^len(filters) (32 by default) so that max-unpooling restores the input size.
+    SegNet is its own encoder-decoder: ``backbone`` is not used (configs say
+    ``segnet``) and ``pretrained`` must be False (it trains from scratch). Inputs whose
+    sides are not multiples of 2^len(filters) are zero-padded at the bottom/right and the
+    outputs cropped back (mtan's 288×384 and 128×256 need no padding).
     """
 
     def __init__(
@@ -68,11 +69,10 @@ class SegNet(nn.Module):
         super().__init__()
         if not tasks:
             raise ValueError("a multi-task model needs at least one task; `tasks` is empty")
-        if backbone not in ("segnet", "none") or pretrained:
+        if pretrained:
             raise ValueError(
-                f"model 'segnet' has its own encoder and no pretrained weights; set "
-                f"model.backbone: segnet and model.pretrained: false (got backbone="
-                f"{backbone!r}, pretrained={pretrained})"
+                "model 'segnet' trains from scratch (mtan, MTPSL) and has no pretrained "
+                "weights; set model.pretrained: false"
             )
         f = [int(c) for c in filters]
         if len(f) < 2:
@@ -125,12 +125,11 @@ class SegNet(nn.Module):
             )
         if image.ndim != 4 or image.shape[1] != 3:
             raise ValueError(f"model input must be B×3×H×W, got shape {tuple(image.shape)}")
+        height, width = image.shape[-2:]
         step = 2 ** len(self.filters)
-        if image.shape[-2] % step or image.shape[-1] % step:
-            raise ValueError(
-                f"segnet needs input sides that are multiples of {step} (got "
-                f"{tuple(image.shape[-2:])}); set data.size to e.g. [288, 384]"
-            )
+        pad_h, pad_w = (-height) % step, (-width) % step
+        if pad_h or pad_w:
+            image = F.pad(image, (0, pad_w, 0, pad_h))
         x = image
         indices: list[Tensor] = []
         sizes: list[tuple[int, ...]] = []
@@ -148,7 +147,8 @@ class SegNet(nn.Module):
         final: dict[str, Tensor] = {}
         feats: dict[str, Tensor] = {}
         for name in self.task_names:
-            feats[name], final[name] = self.heads[name](x, mc_dropout=mc_dropout)
+            feat, raw = self.heads[name](x, mc_dropout=mc_dropout)
+            feats[name], final[name] = feat, raw[..., :height, :width]
         loss_pred = (
             self.loss_pred_module(levels, detach=self.loss_pred_detach)
             if self.loss_pred_module is not None
