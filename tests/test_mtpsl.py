@@ -175,6 +175,13 @@ def test_coinciding_mapped_embeddings_give_zero_consistency() -> None:
     loss = term(torch.nn.Module(), batch, out, batch["labelled"])
     per_pair = 0.5 * 2 * (1 - 1 / math.sqrt(2))
     assert loss.item() == pytest.approx(2.0 * per_pair * (2 + 2 + 0 + 2) / 4, rel=1e-6)
+    # the official code's ramp-up: linear over the first half of training (25% → 0.5)
+    term.rampup = "linear"
+    halfway = torch.nn.Module()
+    halfway._trainer = type("T", (), {"estimated_stepping_batches": 100})()
+    halfway.global_step = 25
+    ramped = term(halfway, batch, out, batch["labelled"])
+    assert ramped.item() == pytest.approx(0.5 * loss.item(), rel=1e-6)
 
 
 # -- Eq. 1 --------------------------------------------------------------------------------

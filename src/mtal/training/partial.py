@@ -21,6 +21,7 @@ seeded by ``(seed, global_step)``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -343,6 +344,25 @@ PAIR_LOSSES.update(
 _RAW_TARGET = {"direct", "perceptual"}
 
 
+#: consistency-weight schedules over the training progress p ∈ [0, 1]: the official
+#: code's ``--rampup fixed`` (default) and ``up`` (linear over the first half)
+RAMPUPS: dict[str, Callable[[float], float]] = {
+    "fixed": lambda progress: 1.0,
+    "linear": lambda progress: min(1.0, progress / 0.5),
+}
+
+
+def training_progress(module: nn.Module) -> float:
+    """``global_step / estimated_stepping_batches`` of the module's trainer (0 without)."""
+    trainer = getattr(module, "_trainer", None)
+    if trainer is None:
+        return 0.0
+    total = float(trainer.estimated_stepping_batches)
+    if not math.isfinite(total) or total <= 0:
+        return 0.0
+    return min(1.0, float(module.global_step) / total)
+
+
 @PARTIAL_SUPERVISION.register("mtpsl")
 class CrossTaskConsistency(PartialSupervision):
     """MTPSL's cross-task consistency (Eq. 3–4) through a mapping of
@@ -351,7 +371,9 @@ class CrossTaskConsistency(PartialSupervision):
     and ``perceptual`` (Perceptual-Map). For each ordered pair (s unlabelled, t labelled)
     only images labelled for t are gathered; per image the pair losses are summed, then
     averaged over the batch and scaled by ``weight``. ``film_lr`` is the learning rate of
-    the FiLM (a_θ) parameters (the official code: 1e-3; default: the model's lr)."""
+    the FiLM (a_θ) parameters (the official code: 1e-3; default: the model's lr);
+    ``rampup`` scales ``weight`` over training (:data:`RAMPUPS`: ``fixed``, the paper's
+    and the code's default, or ``linear``, the code's ``--rampup up``)."""
 
     name = "mtpsl"
 
@@ -365,10 +387,15 @@ class CrossTaskConsistency(PartialSupervision):
         reg_weight: float = 0.5,
         detach_features: bool = True,
         film_lr: float | None = None,
+        rampup: str = "fixed",
         seed: int = 0,
     ) -> None:
         super().__init__(tasks, weight, seed)
         from mtal.models.mtpsl import create_mapping
+
+        if rampup not in RAMPUPS:
+            raise ValueError(f"partial_kwargs.rampup={rampup!r}: choose one of {sorted(RAMPUPS)}")
+        self.rampup = rampup
 
         if len(self.task_names) < 2:
             raise ValueError(
@@ -427,7 +454,8 @@ class CrossTaskConsistency(PartialSupervision):
                 tgt = y_t if raw_target else map_input(task_t)[1](task_t, y_t)
                 loss = pair_loss(self, src, tgt, s, t, feat[rows])
                 per_image = per_image.index_add(0, rows, loss.to(per_image.dtype))
-        return self.weight * per_image.mean()
+        ramp = RAMPUPS[self.rampup](training_progress(module))
+        return self.weight * ramp * per_image.mean()
 
 
 def create_partial_supervision(
