@@ -389,3 +389,76 @@ def test_unknown_partial_supervision_lists_the_known_ones() -> None:
             partial_supervision="mtpsl",
             partial_kwargs={"mapping": "diagonal"},
         )
+
+
+def _fit_partial(poisoned_data: bool, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """One epoch of SegNet + MTPSL (and SSL's crops) on one-label images; with
+    ``poisoned_data`` every stored target of a pair the pool has not bought is poison."""
+    import lightning as L
+
+    from mtal.data import DATASETS
+    from mtal.data.datamodule import ActiveDataModule
+    from mtal.data.synthetic import SyntheticScenes
+    from mtal.training.module import MultiTaskModule
+
+    holder: dict = {}
+
+    class Scenes(SyntheticScenes):
+        def load(self, index: int, tasks):  # type: ignore[override]
+            out = super().load(index, tasks)
+            pool = holder.get("pool")
+            if self.split == "train" and pool is not None:
+                for t in tasks:
+                    if not pool.labelled[index, TASKS.index(t)]:
+                        out[t] = np.full_like(out[t], 200 if t == "semseg" else np.nan)
+            return out
+
+    monkeypatch.setitem(DATASETS._entries, "poisoned_scenes", Scenes)
+    dm = ActiveDataModule(
+        "poisoned_scenes",
+        tasks=TASKS,
+        dataset_kwargs={"size": [16, 16], "cache": False},
+        pool_size=8,
+        val_size=2,
+        initial=1.0,
+        initial_labels="one",
+        batch_size=4,
+        augment=False,
+    )
+    if poisoned_data:
+        holder["pool"] = dm.pool
+        i, k = (int(v) for v in dm.pool.unlabelled_pairs()[0])  # the poison is live
+        target = dm.train_dataset.load(i, [TASKS[k]])[TASKS[k]]
+        assert (target == 200).all() if TASKS[k] == "semseg" else np.isnan(target).all()
+    torch.manual_seed(0)
+    module = MultiTaskModule(
+        tasks=TASKS,
+        num_classes=dm.num_classes,
+        model="segnet",
+        backbone="segnet",
+        model_kwargs={"filters": [4, 8]},
+        partial_supervision="mtpsl",
+        partial_kwargs={"mapping_kwargs": {"channels": [4, 8]}},
+        sl_normalisation="per_image",
+    )
+    L.seed_everything(0, verbose=False)
+    L.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        accelerator="cpu",
+    ).fit(module, datamodule=dm)
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def test_fit_on_poisoned_dataset_equals_the_clean_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    clean = _fit_partial(False, monkeypatch)
+    dirty = _fit_partial(True, monkeypatch)
+    assert any(k.startswith("partial.mapping") for k in dirty)  # the mapping trained too
+    for key, value in dirty.items():
+        assert torch.isfinite(value.float()).all(), key
+        assert torch.equal(value, clean[key]), key
