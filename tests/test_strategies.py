@@ -89,7 +89,7 @@ def test_registry_names() -> None:
     expected = {"random", "random_pairs", "coreset", "mtal", "ll4al", "equal", "rbal", "partal"}
     expected |= {f"equal-{t}" for t in ("semseg", "depth", "normals", "edge", "saliency", "parts")}
     assert set(STRATEGIES.names()) == expected
-    with pytest.raises(UnknownNameError, match="known strategys: coreset"):
+    with pytest.raises(UnknownNameError, match="known strategies: coreset"):
         create_strategy("nope")
 
 

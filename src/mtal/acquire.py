@@ -53,10 +53,17 @@ def acquire_once(
     from mtal.acquisition.base import AcquisitionContext
     from mtal.data.pool import LabelPool
 
+    check_outputs(pool, out, pool_out)
     chooser = create_strategy(strategy, clamp_budget=clamp_budget, **strategy_kwargs)
     label_pool = LabelPool.load(pool)
     datamodule.attach_pool(label_pool)
-    module.load_state_dict(load_weights(weights))
+    try:
+        module.load_state_dict(load_weights(weights))
+    except RuntimeError as exc:  # missing/unexpected keys or shapes
+        raise ValueError(
+            f"acquire: weights file {weights} does not fit the configured model: "
+            f"{str(exc).splitlines()[0]}; use the model config of the run that wrote it"
+        ) from exc
     if cycle is None:
         cycle = int(label_pool.cycle.max()) + 1
     if cycle < 1:
@@ -83,8 +90,27 @@ def acquire_once(
     net.to("cpu")
     updated = label_pool.copy()
     apply_selection(updated, selection, cycle)  # validates the selection before any write
-    write_selection_csv(out, selection, label_pool, datamodule.train_dataset, cycle)
+    write_selection_csv(out, selection, label_pool, datamodule.train_dataset, cycle, replace=True)
     if pool_out is not None:
         updated.save(pool_out)
     print(f"[mtal] wrote {len(selection.images)} images / {len(selection.pairs)} labels to {out}")
     return out
+
+
+def check_outputs(pool: Path, out: Path, pool_out: Path | None) -> None:
+    """``--out``/``--pool_out`` must not be the input pool (or each other), and their
+    folders must exist (a typo is not silently turned into a new folder)."""
+    outputs = {"out": out} if pool_out is None else {"out": out, "pool_out": pool_out}
+    for name, path in outputs.items():
+        if path.resolve() == pool.resolve():
+            raise ValueError(
+                f"acquire: --{name} {path} is the input --pool; writing there would destroy "
+                f"the pool; choose another file"
+            )
+        if not path.parent.is_dir():
+            raise FileNotFoundError(
+                f"acquire: the folder of --{name} {path} does not exist; create "
+                f"{path.parent} first or fix the path"
+            )
+    if pool_out is not None and out.resolve() == pool_out.resolve():
+        raise ValueError(f"acquire: --out and --pool_out are the same file {out}")

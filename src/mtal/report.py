@@ -6,6 +6,9 @@ into ``<experiment>/report/``:
 - ``curve_<metric>.png``: the metric against % of labels bought, mean ± std over
   seeds per strategy, with the fully-trained reference as a horizontal line;
 - ``table.md`` and ``table.csv``: mean ± std per strategy and cycle;
+- ``overview.png``: every metric's AL curves in one figure;
+- ``gallery/<strategy>_seed<k>_cycle_<c>.png``: thumbnails of the images requested for
+  cycle ``c`` with the tasks requested and their scores;
 - ``savings.md``: labels each strategy needs to reach the fully-trained multi-task
   loss, and the savings against every other strategy.
 
@@ -193,25 +196,33 @@ def savings_markdown(curves: list[Curve], target: float, target_name: str, highe
 def table_rows(
     runs: dict[str, list[list[dict[str, float]]]], metrics: list[str]
 ) -> list[dict[str, str]]:
-    """Mean ± std per strategy and cycle for every metric."""
+    """Mean ± std per strategy and cycle for every metric, keyed by the ``cycle`` column:
+    a metric that is NaN or missing in one row leaves its cell empty and never shifts
+    another cycle's values (labels and % labels come from every row of that cycle)."""
     rows = []
     for strategy in sorted(runs):
-        curves = {m: curve(strategy, runs[strategy], m) for m in metrics}
-        first = next((c for c in curves.values() if c is not None), None)
-        if first is None:
-            continue
-        for i in range(len(first.x)):
+        by_cycle: dict[int, list[dict[str, float]]] = defaultdict(list)
+        for seed_rows in runs[strategy]:
+            for row in seed_rows:
+                if "cycle" in row and math.isfinite(row["cycle"]):
+                    by_cycle[int(row["cycle"])].append(row)
+        for cycle in sorted(by_cycle):
+            cells = by_cycle[cycle]
+
+            def mean(key: str, rows_: list[dict[str, float]] = cells) -> float:
+                values = [r[key] for r in rows_ if key in r and math.isfinite(r[key])]
+                return float(np.mean(values)) if values else float("nan")
+
             row = {
                 "strategy": strategy,
-                "cycle": str(i),
-                "% labels": f"{first.x[i]:.1f}",
-                "labels": f"{first.labels[i]:.0f}",
-                "seeds": str(first.seeds),
+                "cycle": str(cycle),
+                "% labels": f"{100.0 * mean('labelled_fraction'):.1f}",
+                "labels": f"{mean('labels'):.0f}",
+                "seeds": str(len(cells)),
             }
-            for m, c in curves.items():
-                row[m] = (
-                    "" if c is None or i >= len(c.mean) else f"{c.mean[i]:.4f} ± {c.std[i]:.4f}"
-                )
+            for m in metrics:
+                values = np.array([r[m] for r in cells if m in r and math.isfinite(r[m])])
+                row[m] = f"{values.mean():.4f} ± {values.std():.4f}" if values.size else ""
             rows.append(row)
     return rows
 
@@ -251,6 +262,7 @@ def write_report(experiment_dir: str | Path) -> Path:
         if curves:
             name = metric.replace("val/", "").replace("/", "_")
             plot_curve(curves, metric, reference_value(runs, metric), out / f"curve_{name}.png")
+    write_pictures(experiment_dir, out, runs, metrics)
     rows = table_rows({s: runs[s] for s in strategies}, metrics)
     columns = ["strategy", "cycle", "% labels", "labels", "seeds", *metrics]
     with (out / "table.csv").open("w", newline="") as handle:
@@ -277,6 +289,21 @@ def write_report(experiment_dir: str | Path) -> Path:
             )
         (out / "savings.md").write_text(text)
     return out
+
+
+def write_pictures(
+    experiment_dir: Path,
+    out: Path,
+    runs: dict[str, list[list[dict[str, float]]]],
+    metrics: list[str],
+) -> None:
+    """``overview.png`` (all AL curves) and ``gallery/<run>_seed<k>_cycle_<c>.png`` (what
+    each run picked, see :mod:`mtal.gallery`)."""
+    from mtal.gallery import write_galleries
+    from mtal.overview import plot_overview
+
+    plot_overview(runs, metrics, out / "overview.png")
+    write_galleries(experiment_dir, out / "gallery")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

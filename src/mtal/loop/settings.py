@@ -48,6 +48,10 @@ class LoopSettings:
     verbose: bool = False
     #: stop after this many cycles in this process (testing crash/resume); None = all
     stop_after: int | None = None
+    #: resume although settings differ from the run's identity (recorded in config_history.yaml)
+    allow_config_change: bool = False
+    #: read every file of the splits before cycle 0 when they hold at most this many images
+    check_data_up_to: int = 2000
 
 
 def validate_settings(settings: LoopSettings) -> None:

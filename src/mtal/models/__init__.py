@@ -1,8 +1,9 @@
 """Multi-task networks (plain ``nn.Module``s returning :class:`mtal.types.MultiTaskOutput`).
 
 ``create_model(name, tasks, **kw)`` builds a registered model: ``hps`` (shared encoder +
-one head per task) ``padnet`` (PAD-Net with pairwise committee and GT substitution) or ``segnet``
-(mtan's multi-task SegNet, as trained by MTPSL).
+one head per task), ``padnet`` (PAD-Net with pairwise committee and GT substitution),
+``smp`` (a segmentation_models_pytorch encoder-decoder trunk + one head per task) or
+``segnet`` (mtan's multi-task SegNet, as trained by MTPSL).
 """
 
 from __future__ import annotations
@@ -31,12 +32,14 @@ from mtal.models.hps import HPS  # noqa: E402
 from mtal.models.ll4al import LossPredictionModule, ll4al_ranking_loss  # noqa: E402
 from mtal.models.padnet import PADNet  # noqa: E402
 from mtal.models.segnet import SegNet  # noqa: E402
+from mtal.models.smp import SMPNet  # noqa: E402
 
 __all__ = [
     "HPS",
     "MODELS",
     "LossPredictionModule",
     "PADNet",
+    "SMPNet",
     "SegNet",
     "create_model",
     "ll4al_ranking_loss",
