@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mtal.data import create_dataset
 from mtal.data.base import DatasetLayoutError, MultiTaskDataset, check_disjoint_splits
-from mtal.data.pool import LabelPool
+from mtal.data.label_settings import read_label_setting
+from mtal.data.pool import INITIAL_LABELS, LabelPool
 from mtal.data.transforms import BOX_TASK, DenseTransform, empty_box_target, to_tensors
 from mtal.tasks.base import Task
 
@@ -171,7 +172,11 @@ class ActiveDataModule(L.LightningDataModule):
     an image count when an int (``0`` = start with an empty pool). ``pool_size`` keeps the
     first N training samples; ``val_size`` the first N samples of the val *and* test
     splits (a cap for quick runs). ``task_options`` passes per-task keyword options to
-    ``create_task``.
+    ``create_task``. ``initial_labels`` picks which tasks of each initial image are
+    labelled (``full``, MTPSL's ``one`` or ``random``, seeded by ``pool_seed``);
+    ``initial_labels_file`` reads a published split instead (MTPSL's ``.pth`` or an N×K
+    ``.npy``, columns named by ``initial_labels_columns``; ``initial`` is then unused),
+    see :mod:`mtal.data.label_settings`.
     """
 
     def __init__(
@@ -194,8 +199,17 @@ class ActiveDataModule(L.LightningDataModule):
         val_size: int | None = None,
         scale: tuple[float, float] = (0.75, 1.5),
         task_options: dict[str, dict[str, Any]] | None = None,
+        initial_labels: str = "full",
+        initial_labels_file: str | None = None,
+        initial_labels_columns: list[str] | None = None,
     ) -> None:
         super().__init__()
+        INITIAL_LABELS.get(initial_labels)  # unknown names list the known ones
+        if initial_labels_file is not None and initial_labels != "full":
+            raise ValueError(
+                f"data.initial_labels={initial_labels!r} and data.initial_labels_file are "
+                f"both set; the file decides the initial labels, so drop one of them"
+            )
         if isinstance(initial, bool) or not isinstance(initial, int | float):
             raise TypeError(f"initial must be a float fraction or an int count, got {initial!r}")
         if isinstance(initial, float) and not 0.0 < initial <= 1.0:
@@ -223,6 +237,11 @@ class ActiveDataModule(L.LightningDataModule):
         self.val_size = val_size
         self.scale = (float(scale[0]), float(scale[1]))
         self.task_options = {k: dict(v) for k, v in (task_options or {}).items()}
+        self.initial_labels = initial_labels
+        self.initial_labels_file = initial_labels_file
+        self.initial_labels_columns = (
+            None if initial_labels_columns is None else list(initial_labels_columns)
+        )
         self._requested_tasks = None if tasks is None else tuple(tasks)
         self._datasets: dict[str, MultiTaskDataset] = {}
         self._task_objects: dict[str, Task] | None = None
@@ -309,10 +328,20 @@ class ActiveDataModule(L.LightningDataModule):
         if self._pool is None:
             ds = self.train_dataset
             pool = LabelPool([ds.image_id(i) for i in range(self.pool_length)], self.tasks)
-            if isinstance(self.initial, float):
-                pool.initialise(fraction=self.initial, seed=self.pool_seed)
+            labels = self.initial_labels
+            if self.initial_labels_file is not None:
+                mask = read_label_setting(
+                    self.initial_labels_file,
+                    self.tasks,
+                    self.pool_length,
+                    len(ds),
+                    self.initial_labels_columns,
+                )
+                pool.initialise_from_mask(mask, source=str(self.initial_labels_file))
+            elif isinstance(self.initial, float):
+                pool.initialise(fraction=self.initial, seed=self.pool_seed, labels=labels)
             elif self.initial > 0:
-                pool.initialise(count=self.initial, seed=self.pool_seed)
+                pool.initialise(count=self.initial, seed=self.pool_seed, labels=labels)
             self._pool = pool
         return self._pool
 

@@ -11,8 +11,39 @@ from typing import Any
 import numpy as np
 
 from mtal.io import read_checked_json, write_checked_json
+from mtal.registry import Registry
 
-__all__ = ["LabelPool", "POOL_SCHEMA", "POOL_VERSION"]
+__all__ = ["INITIAL_LABELS", "LabelPool", "POOL_SCHEMA", "POOL_VERSION"]
+
+#: initial label settings: ``(rng, n_images, n_tasks) -> n×K bool`` task masks of the
+#: chosen images (MTPSL's "one label" and "random labels", Li et al. CVPR 2022 Sec. 4)
+INITIAL_LABELS: Registry[np.ndarray] = Registry("initial label setting")
+
+
+@INITIAL_LABELS.register("full")
+def full_labels(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
+    """Every task of every chosen image."""
+    return np.ones((n, k), dtype=bool)
+
+
+@INITIAL_LABELS.register("one")
+def one_label(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
+    """Exactly one task per image, drawn uniformly."""
+    mask = np.zeros((n, k), dtype=bool)
+    mask[np.arange(n), rng.integers(0, k, size=n)] = True
+    return mask
+
+
+@INITIAL_LABELS.register("random")
+def random_labels(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
+    """1 … K−1 tasks per image: the count uniform in {1, …, K−1}, then the tasks uniform."""
+    if k < 2:
+        raise ValueError(f"initial labels 'random' need >= 2 tasks (1…K−1 per image), K={k}")
+    counts = rng.integers(1, k, size=n)
+    mask = np.zeros((n, k), dtype=bool)
+    for i, c in enumerate(counts):
+        mask[i, rng.choice(k, size=int(c), replace=False)] = True
+    return mask
 
 POOL_SCHEMA = "mtal.labelpool"
 POOL_VERSION = 1
@@ -72,10 +103,18 @@ class LabelPool:
 
     # -- labelling ----------------------------------------------------------------
     def initialise(
-        self, *, fraction: float | None = None, count: int | None = None, seed: int
+        self,
+        *,
+        fraction: float | None = None,
+        count: int | None = None,
+        seed: int,
+        labels: str = "full",
     ) -> np.ndarray:
-        """Fully label a random initial set at cycle 0: ``count`` images, or
-        ``round(fraction·N)`` (at least one). Returns the chosen image indices (sorted)."""
+        """Label a random initial set at cycle 0: ``count`` images, or ``round(fraction·N)``
+        (at least one), each with the tasks the setting ``labels`` of
+        :data:`INITIAL_LABELS` draws (``full``, ``one``, ``random``; same seed → same
+        images whatever the setting). Returns the chosen image indices (sorted)."""
+        setting = INITIAL_LABELS.get(labels)
         if (fraction is None) == (count is None):
             raise ValueError("LabelPool.initialise: give exactly one of fraction= or count=")
         n = self.num_images
@@ -97,8 +136,30 @@ class LabelPool:
             )
         rng = np.random.default_rng(seed)
         chosen = np.sort(rng.choice(n, size=int(count), replace=False))
-        self.label_images(chosen, cycle=0)
+        mask = setting(rng, chosen.size, self.num_tasks)
+        rows, cols = np.nonzero(mask)
+        self.label_pairs(np.stack([chosen[rows], cols], axis=1), cycle=0)
         return chosen
+
+    def initialise_from_mask(self, mask: np.ndarray, source: str = "mask") -> np.ndarray:
+        """Label at cycle 0 exactly the pairs of the N×K bool ``mask`` (a published split,
+        see :mod:`mtal.data.label_settings`); returns the images with ≥ 1 label."""
+        arr = np.asarray(mask)
+        shape = (self.num_images, self.num_tasks)
+        if arr.shape != shape:
+            raise ValueError(
+                f"{source}: the label mask has shape {arr.shape}, the pool needs {shape} "
+                f"(images × tasks {list(self.tasks)})"
+            )
+        if self.labelled.any():
+            raise ValueError(
+                f"LabelPool.initialise_from_mask: the pool already holds {self.num_labels} "
+                "labels; initialise a fresh pool"
+            )
+        if not arr.any():
+            raise ValueError(f"{source}: the label mask labels nothing")
+        self.label_pairs(np.argwhere(arr.astype(bool)), cycle=0)
+        return self.labelled_images()
 
     def label_images(
         self,

@@ -9,7 +9,8 @@ from torchmetrics import Metric
 
 
 class DepthMetrics(Metric):
-    """RMSE, log-RMSE and absolute relative error of raw depth (metres) against targets
+    """RMSE, log-RMSE, absolute relative error and absolute error ``abs_err`` (mtan's and
+    MTPSL's aErr) of raw depth (metres) against targets
     (B×1×H×W, 0 = invalid).
 
     Pooled: each is Σ over all valid pixels of the dataset / their count (then √ for the
@@ -24,7 +25,7 @@ class DepthMetrics(Metric):
     def __init__(self, min_depth: float = 1e-9, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.min_depth = float(min_depth)
-        for name in ("sq_err", "sq_log_err", "abs_rel", "count"):
+        for name in ("sq_err", "sq_log_err", "abs_rel", "abs_err", "count"):
             self.add_state(name, default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, raw: torch.Tensor, target: torch.Tensor) -> None:
@@ -42,15 +43,22 @@ class DepthMetrics(Metric):
         self.sq_err += diff.square().sum()
         self.sq_log_err += log_diff.square().sum()
         self.abs_rel += (diff.abs() / gt).sum()
+        self.abs_err += diff.abs().sum()
         self.count += valid.sum()
 
     def compute(self) -> dict[str, torch.Tensor]:
         n = self.count
         if n == 0:
             nan = torch.tensor(float("nan"))
-            return {"rmse": nan, "log_rmse": nan.clone(), "abs_rel": nan.clone()}
+            return {
+                "rmse": nan,
+                "log_rmse": nan.clone(),
+                "abs_rel": nan.clone(),
+                "abs_err": nan.clone(),
+            }
         return {
             "rmse": (self.sq_err / n).sqrt().float(),
             "log_rmse": (self.sq_log_err / n).sqrt().float(),
             "abs_rel": (self.abs_rel / n).float(),
+            "abs_err": (self.abs_err / n).float(),
         }

@@ -2,8 +2,9 @@
 
 ``create_model(name, tasks, **kw)`` builds a registered model: ``hps`` (shared encoder +
 one head per task), ``padnet`` (PAD-Net with pairwise committee and GT substitution),
-``smp`` (a segmentation_models_pytorch encoder-decoder trunk + one head per task) or
-``detseg`` (shared encoder, FCOS-style detection head + segmentation head).
+``smp`` (a segmentation_models_pytorch encoder-decoder trunk + one head per task),
+``detseg`` (shared encoder, FCOS-style detection head + segmentation head) or
+``segnet`` (mtan's multi-task SegNet, as trained by MTPSL).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from mtal.models.detseg import DetSeg  # noqa: E402
 from mtal.models.hps import HPS  # noqa: E402
 from mtal.models.ll4al import LossPredictionModule, ll4al_ranking_loss  # noqa: E402
 from mtal.models.padnet import PADNet  # noqa: E402
+from mtal.models.segnet import SegNet  # noqa: E402
 from mtal.models.smp import SMPNet  # noqa: E402
 
 __all__ = [
@@ -41,6 +43,7 @@ __all__ = [
     "LossPredictionModule",
     "PADNet",
     "SMPNet",
+    "SegNet",
     "create_model",
     "ll4al_ranking_loss",
 ]

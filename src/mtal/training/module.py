@@ -20,6 +20,11 @@ from torch import Tensor, nn
 from torchmetrics.aggregation import MeanMetric
 
 from mtal.training.optim import OPTIMIZERS, SCHEDULES, create_optimizer, schedule_lambda
+from mtal.training.partial import (
+    PARTIAL_SUPERVISION,
+    SL_REDUCTIONS,
+    create_partial_supervision,
+)
 from mtal.training.weighting import WEIGHTINGS, LossWeighting, create_weighting
 from mtal.types import MultiTaskOutput
 
@@ -106,6 +111,10 @@ class MultiTaskModule(L.LightningModule):
     last Conv/Linear of ``net.encoder``/``net.backbone``); ``weighting_lr`` is the
     learning rate of learnable weighting parameters (default ``lr``). GradNorm runs in
     manual optimisation, so Trainer gradient clipping/accumulation do not apply to it.
+    ``sl_normalisation`` picks the supervised reduction (``per_task``, or MTPSL's Eq. 1
+    ``per_image``); ``partial_supervision`` (``none | ssl | mtpsl``, with
+    ``partial_kwargs``) adds a term for the unlabelled tasks of partially labelled
+    images (:mod:`mtal.training.partial`).
     """
 
     def __init__(
@@ -138,6 +147,9 @@ class MultiTaskModule(L.LightningModule):
         init_from: str | None = None,
         compile: bool = False,
         compile_backend: str = "inductor",
+        sl_normalisation: str = "per_task",
+        partial_supervision: str = "none",
+        partial_kwargs: dict | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -145,6 +157,8 @@ class MultiTaskModule(L.LightningModule):
         weighting_cls = WEIGHTINGS.get(weighting)
         OPTIMIZERS.get(optimizer)
         SCHEDULES.get(scheduler)
+        SL_REDUCTIONS.get(sl_normalisation)
+        PARTIAL_SUPERVISION.get(partial_supervision)
         if task_weights and weighting not in FIXED_WEIGHTS_ARGUMENT:
             raise ValueError(
                 f"task_weights is used by the weightings {sorted(FIXED_WEIGHTS_ARGUMENT)}, "
@@ -181,6 +195,10 @@ class MultiTaskModule(L.LightningModule):
         if WEIGHTINGS.get(hp.weighting).uses_task_kinds:
             kw.setdefault("task_kinds", {t: task.kind for t, task in self.task_objects.items()})
         self.weighting = create_weighting(hp.weighting, self.task_names, **kw)
+        # MTPSL / SSL terms for partially labelled images (mtal.training.partial)
+        self.partial = create_partial_supervision(
+            hp.partial_supervision, self.task_objects, self.net, **dict(hp.partial_kwargs or {})
+        )
         metric_w = dict(hp.loss_weights_for_metric or hp.task_weights or {})
         unknown = [t for t in metric_w if t not in self.task_names]
         if unknown:
@@ -299,7 +317,7 @@ class MultiTaskModule(L.LightningModule):
         if out.initial is not None and hp.deep_supervision:
             train_ps = per_sample + hp.deep_supervision * self._per_sample(out.initial, targets)
         weight = batch["weight"] if hp.use_sample_weights else None
-        task_vec = reduce_task_losses(train_ps, labelled, weight)
+        task_vec = SL_REDUCTIONS.get(hp.sl_normalisation)(train_ps, labelled, weight)
         task_losses = dict(zip(self.task_names, task_vec.unbind(0)))
         total, eff = self.weighting(task_losses)
         ll4al = None
@@ -313,6 +331,9 @@ class MultiTaskModule(L.LightningModule):
                 out.loss_pred, per_sample.detach(), labelled, hp.ll4al_margin
             )
             total = total + hp.ll4al_weight * ll4al
+        partial = self.partial(self, batch, out, labelled) if self.partial is not None else None
+        if partial is not None:
+            total = total + partial
         if not torch.isfinite(total):
             ids = (
                 batch["index"].tolist() if torch.is_tensor(batch["index"]) else list(batch["index"])
@@ -322,6 +343,7 @@ class MultiTaskModule(L.LightningModule):
                 f"step {self.global_step}; batch sample ids {ids}; per-task losses "
                 f"{_fmt_losses(self.task_names, task_vec)}"
                 + (f"; ll4al {float(ll4al):.6g}" if ll4al is not None else "")
+                + (f"; {hp.partial_supervision} {float(partial):.6g}" if partial is not None else "")
             )
         return {
             "total": total,
@@ -330,6 +352,7 @@ class MultiTaskModule(L.LightningModule):
             "labelled": labelled,
             "weights": eff,
             "ll4al": ll4al,
+            "partial": partial,
             "output": out,
         }
 
@@ -415,6 +438,14 @@ class MultiTaskModule(L.LightningModule):
         for k, t in enumerate(self.task_names):
             self.train_losses[t].update(res["task_losses"][t].detach(), counts[k])
             self.log(f"train/{t}/weight", res["weights"][t], on_step=True, on_epoch=False)
+        if res.get("partial") is not None:
+            self.log(
+                f"train/{self.hparams.partial_supervision}_loss",
+                res["partial"].detach(),
+                on_step=True,
+                on_epoch=True,
+                batch_size=batch_size,
+            )
         if res["ll4al"] is not None:
             self.log(
                 "train/ll4al_loss",
@@ -537,6 +568,8 @@ class MultiTaskModule(L.LightningModule):
                     "lr": hp.lr if hp.weighting_lr is None else hp.weighting_lr,
                 }
             )
+        if self.partial is not None:  # the mapping network (MTPSL), trained with the net
+            groups += self.partial.param_groups(hp.lr)
         opt = create_optimizer(
             hp.optimizer, groups, lr=hp.lr, weight_decay=hp.weight_decay, momentum=hp.momentum
         )

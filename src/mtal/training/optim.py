@@ -65,6 +65,13 @@ def cosine(step: int, max_steps: int, **options: Any) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * frac))
 
 
+@SCHEDULES.register("step_half")
+def step_half(step: int, max_steps: int, **options: Any) -> float:
+    """Halve the rate at the midpoint of training (mtan's / MTPSL's ``StepLR(step_size=100,
+    gamma=0.5)`` over 200 epochs)."""
+    return 0.5 if step >= max(max_steps, 1) / 2 else 1.0
+
+
 def schedule_lambda(name: str, max_steps: int, **options: Any) -> Callable[[int], float]:
     """A ``LambdaLR`` multiplier function for the schedule ``name`` over ``max_steps``."""
     fn = SCHEDULES.get(name)
