@@ -137,6 +137,9 @@ class _RunningMin(Protocol):
     def update(self, j: int) -> None:
         """min-in-place with the squared distances of all points to point ``j``."""
 
+    def init(self, centres: np.ndarray) -> None:
+        """min-in-place with the distances to every point of ``centres`` (labelled set)."""
+
     def exclude(self, idx: np.ndarray) -> None:
         """Mark points as centres: they can never be picked again."""
 
@@ -180,6 +183,14 @@ class _TorchRunningMin:
             d = (self.x[s : s + self.rows] - c).square_().sum(dim=1)
             view = self.rmin[s : s + self.rows]
             self._torch.minimum(view, d, out=view)
+
+    def init(self, centres: np.ndarray) -> None:
+        if not self.x.is_cuda and len(centres):  # CPU: one float32 GEMM, then exact refinement
+            rmin = _gemm_running_min(self.x.numpy(), centres)
+            self._torch.minimum(self.rmin, self._torch.from_numpy(rmin), out=self.rmin)
+            return
+        for c in centres:  # CUDA: one bandwidth-bound pass per centre on the device
+            self.update(int(c))
 
     def exclude(self, idx: np.ndarray) -> None:
         self.rmin[self._torch.as_tensor(idx, device=self.rmin.device)] = float("-inf")
@@ -226,6 +237,13 @@ class _FaissRunningMin:
             )
         np.minimum(self.rmin, self.buf, out=self.rmin)
 
+    def init(self, centres: np.ndarray) -> None:
+        if self.res is None and len(centres):  # CPU: one float32 GEMM, then exact refinement
+            np.minimum(self.rmin, _gemm_running_min(self.x, centres), out=self.rmin)
+            return
+        for c in centres:
+            self.update(int(c))
+
     def exclude(self, idx: np.ndarray) -> None:
         self.rmin[idx] = -np.inf
 
@@ -236,13 +254,91 @@ class _FaissRunningMin:
         return m, cand[:1] if m == 0.0 and self.atol == 0.0 else cand
 
 
-def _exact_pick(x: np.ndarray, cand: np.ndarray, centres64: np.ndarray) -> int:
-    """Among candidates, the one farthest (float64) from its nearest centre (rows of
-    ``centres64``); lowest index among exact ties."""
-    from scipy.spatial.distance import cdist  # float64 direct differences, no N×C×d temporary
+def _direct_sq(faiss: Any, q: np.ndarray, keys: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """float32 exact-difference ``Σ (q − k)²`` of one point to every row of ``keys``
+    (relative error ≤ (d+2)·u, faiss's SIMD ``fvec_L2sqr_ny``) into ``out[:len(keys)]``."""
+    sp = faiss.swig_ptr
+    buf = out[: keys.shape[0]]
+    faiss.fvec_L2sqr_ny(sp(buf), sp(q), sp(keys), keys.shape[1], keys.shape[0])
+    return buf
 
-    best = cdist(x[cand].astype(np.float64), centres64, "sqeuclidean").min(1)
-    return int(cand[int(np.argmax(best))])  # argmax: first (lowest-index) maximum
+
+def _gemm_running_min(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """float32 min squared distance of every point to the rows ``centres`` of ``x``, with
+    the relative error of the exact-difference form (≤ (d+2)·u), at GEMM speed.
+
+    The labelled set's initial running min is one float32 GEMM on mean-centred features
+    (``‖x‖² + ‖c‖² − 2x·c``, far faster than one pass per centre) whose absolute error is
+    bounded by ``a_i = 2(d+8)·u·(‖x_i‖² + max‖c‖²)`` (dot product γ_d, centring and the
+    combination); every centre within ``2·a_i`` of a point's GEMM minimum may be its true
+    nearest, so the point's value is re-computed by exact differences to those centres
+    (usually one). The result therefore carries the same guarantee as per-centre passes.
+    """
+    faiss = _faiss()
+    dim = x.shape[1]
+    mu = x.mean(axis=0, dtype=np.float64).astype(np.float32)
+    cx = x[centres]
+    cc = cx - mu
+    nc = np.einsum("ij,ij->i", cc, cc, dtype=np.float64)
+    ncmax = float(nc.max())
+    out = np.empty(x.shape[0], dtype=np.float32)
+    scratch = np.empty(len(centres), dtype=np.float32)
+    rows = max(1, min(x.shape[0], (1 << 22) // max(1, len(centres))))
+    for s in range(0, x.shape[0], rows):
+        xb = x[s : s + rows]
+        xc = xb - mu
+        nx = np.einsum("ij,ij->i", xc, xc, dtype=np.float64)
+        dist = (xc @ cc.T).astype(np.float64)
+        dist *= -2.0
+        dist += nx[:, None]
+        dist += nc[None, :]
+        arg = dist.argmin(axis=1)
+        low = dist[np.arange(len(xb)), arg]
+        slack = 4.0 * (dim + 8) * _U32 * (nx + ncmax)  # 2·a_i
+        diff = xb - cx[arg]
+        out[s : s + len(xb)] = np.einsum("ij,ij->i", diff, diff)  # float32, exact differences
+        near_counts = (dist <= (low + slack)[:, None]).sum(axis=1)
+        for r in np.flatnonzero(near_counts > 1):  # several centres may be the nearest
+            near = np.flatnonzero(dist[r] <= low[r] + slack[r])
+            out[s + r] = _direct_sq(faiss, xb[r], np.ascontiguousarray(cx[near]), scratch).min()
+    return out
+
+
+class _ExactScores:
+    """float64 distance of points to their nearest centre, as the float64 reference
+    computes it, cached per point with the number of centres it covers: a point that is a
+    near-tie candidate again after more picks is re-scored against the new centres only."""
+
+    def __init__(self, x: np.ndarray, centres32: np.ndarray, centres64: np.ndarray) -> None:
+        self.x = x
+        self.centres32 = centres32
+        self.centres64 = centres64
+        self.value = np.full(x.shape[0], np.inf)
+        self.upto = np.zeros(x.shape[0], dtype=np.int64)
+        self.rtol = _direct_rtol(x.shape[1])
+        self.scratch = np.empty(centres32.shape[0], dtype=np.float32)
+
+    def score(self, j: int, count: int) -> float:
+        """Exact float64 min over the first ``count`` centres of point ``j``'s distance."""
+        from scipy.spatial.distance import cdist  # float64 direct differences (the reference's)
+
+        start = int(self.upto[j])
+        if start < count:
+            q64 = self.x[j : j + 1].astype(np.float64)
+            rows = np.arange(start, count)
+            if count - start > 8:  # float32 pass finds the few centres that may be nearest
+                faiss = _faiss()
+                d32 = _direct_sq(faiss, self.x[j], self.centres32[start:count], self.scratch)
+                rows = start + np.flatnonzero(d32 <= float(d32.min()) * (1.0 + self.rtol))
+            new = cdist(q64, self.centres64[rows], "sqeuclidean").min()
+            self.value[j] = min(self.value[j], float(new))
+            self.upto[j] = count
+        return float(self.value[j])
+
+    def pick(self, cand: np.ndarray, count: int) -> int:
+        """The candidate farthest from its nearest centre; lowest index among exact ties."""
+        best = np.array([self.score(int(j), count) for j in cand])
+        return int(cand[int(np.argmax(best))])  # argmax: first (lowest-index) maximum
 
 
 # --------------------------------------------------------------------------- backends
@@ -404,15 +500,19 @@ def k_center_greedy(
 
     state = SEARCH_BACKENDS.get(name)().running_min(x)
     centres = np.flatnonzero(mask)
-    # float64 copies of the centre rows, grown as picks are made (for near-tie re-scoring)
+    # float32/float64 copies of the centre rows, grown as picks are made (near-tie re-scoring)
+    centres32 = np.empty((len(centres) + budget, x.shape[1]), dtype=np.float32)
+    centres32[: len(centres)] = x[centres]
     centres64 = np.empty((len(centres) + budget, x.shape[1]), dtype=np.float64)
-    centres64[: len(centres)] = x[centres]
+    centres64[: len(centres)] = centres32[: len(centres)]
     count = len(centres)
     picks: list[int] = []
+    exact = _ExactScores(x, centres32, centres64)
 
     def take(j: int) -> None:
         nonlocal count
         picks.append(j)
+        centres32[count] = x[j]
         centres64[count] = x[j]
         count += 1
         state.update(j)
@@ -421,10 +521,12 @@ def k_center_greedy(
     if count == 0:
         take(int(np.random.default_rng(seed).integers(n)))
     else:
-        for c in centres:
-            state.update(int(c))
+        state.init(centres)
         state.exclude(centres)
     while len(picks) < budget:
         _, cand = state.candidates()
-        take(int(cand[0]) if len(cand) == 1 else _exact_pick(x, cand, centres64[:count]))
+        if len(cand) == 1:
+            take(int(cand[0]))
+        else:
+            take(exact.pick(cand, count))
     return np.asarray(picks, dtype=np.int64)
