@@ -243,3 +243,17 @@ def test_k_center_many_labelled_far_offset_matches_bruteforce(backend: str) -> N
     mask[0] = True
     got = search.k_center_greedy(x, mask, 30, backend=backend)
     assert got.tolist() == ref_k_center(x, mask, 30, 0)
+
+
+def test_device_cpu_forces_cpu_and_cuda_is_checked() -> None:
+    x, mask = random_case(3, n=200)
+    picks = search.k_center_greedy(x, mask, 10, device="cpu")
+    assert picks.tolist() == ref_k_center(x, mask, 10, 0)
+    got = search.nearest_distance(x[:20], x[20:], device="cpu")
+    np.testing.assert_allclose(got, ref_nearest(x[:20], x[20:]), rtol=1e-5, atol=1e-3)
+    assert search.resolve_backend("k_center_greedy", device="cpu") == "faiss"
+    with pytest.raises(ValueError, match="expected one of"):
+        search.k_center_greedy(x, mask, 1, device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="sees no CUDA GPU"):
+            search.nearest_distance(x, x, device="cuda")

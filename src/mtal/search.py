@@ -98,9 +98,12 @@ def set_faiss_threads(n: int) -> None:
     _FAISS_STATE.threads_set_in = os.getpid()
 
 
-def _faiss_gpu_resources(faiss: Any) -> Any | None:
-    """One cached ``StandardGpuResources`` when faiss sees a GPU, else None."""
-    if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
+def _faiss_gpu_resources(faiss: Any, device: str = "auto") -> Any | None:
+    """One cached ``StandardGpuResources`` when faiss sees a GPU (and ``device`` is not
+    'cpu'), else None."""
+    if device == "cpu" or not hasattr(faiss, "StandardGpuResources"):
+        return None
+    if faiss.get_num_gpus() < 1:
         return None
     if _FAISS_STATE.gpu_resources is None:
         _FAISS_STATE.gpu_resources = faiss.StandardGpuResources()
@@ -122,10 +125,27 @@ def _to_numpy32(x: Any, name: str) -> np.ndarray:
     return arr
 
 
-def _torch_device() -> torch.device:
+#: the devices a search may be asked to run on ('auto': the GPU when one is present)
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _check_device(device: str) -> str:
+    """``device`` validated: one of :data:`DEVICES`, 'cuda' only where CUDA is available."""
+    if device not in DEVICES:
+        raise ValueError(f"mtal.search: device={device!r}; expected one of {list(DEVICES)}")
+    if device == "cuda" and not _has_cuda():
+        raise ValueError(
+            "mtal.search: device='cuda' but torch sees no CUDA GPU; use device='auto' or 'cpu'"
+        )
+    return device
+
+
+def _torch_device(device: str = "auto") -> torch.device:
     import torch
 
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
 
 
 # --------------------------------------------------------------------------- k-center kernels
@@ -165,11 +185,11 @@ def _direct_rtol(dim: int) -> float:
 class _TorchRunningMin:
     """Running min on the torch device, exact-difference formulation ``Σ (x − c)²``."""
 
-    def __init__(self, x: np.ndarray) -> None:
+    def __init__(self, x: np.ndarray, device: str = "auto") -> None:
         import torch
 
         self._torch = torch
-        self.x = torch.from_numpy(x).to(_torch_device())
+        self.x = torch.from_numpy(x).to(_torch_device(device))
         self.rmin = torch.full(
             (x.shape[0],), float("inf"), dtype=torch.float32, device=self.x.device
         )
@@ -211,12 +231,12 @@ class _FaissRunningMin:
     """Running min in numpy; per-step distances by faiss (CPU: ``fvec_L2sqr_ny``,
     exact difference; GPU: ``pairwise_distance_gpu``, norm expansion → absolute slack)."""
 
-    def __init__(self, x: np.ndarray) -> None:
+    def __init__(self, x: np.ndarray, device: str = "auto") -> None:
         self.faiss = _faiss()
         self.x = x
         self.rmin = np.full(x.shape[0], np.inf, dtype=np.float32)
         self.buf = np.empty(x.shape[0], dtype=np.float32)
-        self.res = _faiss_gpu_resources(self.faiss)
+        self.res = _faiss_gpu_resources(self.faiss, device)
         self.rtol = _direct_rtol(x.shape[1])
         self.atol = 0.0
         if self.res is not None:
@@ -359,12 +379,21 @@ SEARCH_BACKENDS: Registry[SearchBackend] = Registry("search backend")
 
 @SEARCH_BACKENDS.register("faiss")
 class FaissBackend:
-    """Exact faiss search: ``IndexFlatL2`` (moved to GPU 0 when faiss sees a GPU)."""
+    """Exact faiss search: ``IndexFlatL2`` (moved to GPU 0 when faiss sees a GPU, unless
+    ``device='cpu'``)."""
+
+    def __init__(self, device: str = "auto") -> None:
+        self.device = device
+        if device == "cuda" and not _faiss_has_gpu():
+            raise ValueError(
+                "mtal.search: backend 'faiss' with device='cuda' needs a GPU build of faiss "
+                "(pip install 'mtal[gpu]', i.e. faiss-gpu-cu12); or use backend='torch'"
+            )
 
     def nearest_sq(self, queries: np.ndarray, keys: np.ndarray) -> np.ndarray:
         faiss = _faiss()
         index = faiss.IndexFlatL2(keys.shape[1])
-        res = _faiss_gpu_resources(faiss)
+        res = _faiss_gpu_resources(faiss, self.device)
         if res is not None:
             index = faiss.index_cpu_to_gpu(res, 0, index)
         index.add(keys)
@@ -372,17 +401,21 @@ class FaissBackend:
         return np.maximum(dist[:, 0], 0.0)
 
     def running_min(self, x: np.ndarray) -> _RunningMin:
-        return _FaissRunningMin(x)
+        return _FaissRunningMin(x, self.device)
 
 
 @SEARCH_BACKENDS.register("torch")
 class TorchBackend:
-    """Chunked ``torch.cdist`` (matmul form) + min, on CUDA when available."""
+    """Chunked ``torch.cdist`` (matmul form) + min, on CUDA when available (unless
+    ``device='cpu'``)."""
+
+    def __init__(self, device: str = "auto") -> None:
+        self.device = device
 
     def nearest_sq(self, queries: np.ndarray, keys: np.ndarray) -> np.ndarray:
         import torch
 
-        dev = _torch_device()
+        dev = _torch_device(self.device)
         k = torch.from_numpy(keys).to(dev)
         out = np.empty(queries.shape[0], dtype=np.float32)
         step = max(1, _BLOCK_ELEMS // keys.shape[0])
@@ -392,7 +425,7 @@ class TorchBackend:
         return out**2
 
     def running_min(self, x: np.ndarray) -> _RunningMin:
-        return _TorchRunningMin(x)
+        return _TorchRunningMin(x, self.device)
 
 
 def _has_cuda() -> bool:
@@ -406,27 +439,31 @@ def _faiss_has_gpu() -> bool:
     return _faiss_gpu_resources(faiss) is not None
 
 
-#: What backend "auto" resolves to, per operation. Measured by benchmarks/bench_search.py
-#: (CPU, 1 thread, N=20k, d=512): k-center faiss 26.0 s vs torch 49.1 s (float64
-#: reference 35.8 s); nearest faiss 0.48 s vs torch 0.69 s; so faiss on CPU hosts. On a
-#: GPU host (not measured: no GPU here): torch for k-center (running min stays on the
-#: device; faiss's per-step GPU call copies the points from the host each step) and
-#: faiss-GPU for nearest_distance when faiss sees the GPU, else torch-CUDA.
+#: What backend "auto" resolves to, per operation and device. Measured by
+#: benchmarks/bench_search.py (CPU, 1 thread, N=20k, d=512, loaded host): k-center faiss
+#: 5.4 CPU-s vs torch 12.4 CPU-s (float64 reference 25.8 CPU-s); nearest faiss 0.43 vs torch
+#: 0.63 CPU-s; so faiss on CPU. On a GPU (benchmarks/gpu_check.py; not yet run here): torch
+#: for k-center (the running min stays on the device; faiss's per-step GPU call copies
+#: the points from the host each step) and faiss-GPU for nearest_distance when faiss sees
+#: the GPU, else torch-CUDA.
 _AUTO_RULES: dict[str, Any] = {
-    "nearest_distance": lambda: "faiss" if _faiss_has_gpu() or not _has_cuda() else "torch",
-    "k_center_greedy": lambda: "torch" if _has_cuda() else "faiss",
+    "nearest_distance": lambda gpu: "faiss" if not gpu or _faiss_has_gpu() else "torch",
+    "k_center_greedy": lambda gpu: "torch" if gpu else "faiss",
 }
 
 
-def resolve_backend(operation: str, backend: str = "auto") -> str:
+def resolve_backend(operation: str, backend: str = "auto", device: str = "auto") -> str:
     """The backend name ``backend`` means for ``operation`` ('nearest_distance' or
-    'k_center_greedy'); 'auto' applies the benchmarked rule in ``_AUTO_RULES``."""
+    'k_center_greedy') on ``device`` ('auto': the GPU when present, 'cpu', 'cuda');
+    'auto' applies the benchmarked rule in ``_AUTO_RULES``."""
     if operation not in _AUTO_RULES:
         raise ValueError(
             f"mtal.search.resolve_backend: unknown operation {operation!r}; "
             f"expected one of {sorted(_AUTO_RULES)}"
         )
-    name = _AUTO_RULES[operation]() if backend == "auto" else backend
+    device = _check_device(device)
+    gpu = device == "cuda" or (device == "auto" and _has_cuda())
+    name = _AUTO_RULES[operation](gpu) if backend == "auto" else backend
     SEARCH_BACKENDS.get(name)  # unknown names raise, listing the known ones
     return name
 
@@ -434,14 +471,17 @@ def resolve_backend(operation: str, backend: str = "auto") -> str:
 # --------------------------------------------------------------------------- public API
 
 
-def nearest_distance(queries: Any, keys: Any, *, backend: str = "auto") -> np.ndarray:
+def nearest_distance(
+    queries: Any, keys: Any, *, backend: str = "auto", device: str = "auto"
+) -> np.ndarray:
     """Euclidean (not squared) float32 distance ``[N]`` of each query to its nearest key.
 
     ``keys`` with M = 0 rows gives ``+inf`` for every query (nothing is near). Both
     backends are exact searches in float32 (faiss ``IndexFlatL2`` / torch ``cdist``;
     both use the norm expansion, so tiny distances carry ~sqrt(d·u)·‖x‖ absolute error).
     'auto': faiss on CPU hosts (measured faster, benchmarks/README.md) and when faiss
-    sees a GPU; torch when only torch sees a GPU.
+    sees a GPU; torch when only torch sees a GPU. ``device='cpu'`` keeps the search on
+    the CPU even where a GPU is present ('cuda' insists on the GPU).
     """
     q = _to_numpy32(queries, "queries")
     k = _to_numpy32(keys, "keys")
@@ -450,12 +490,12 @@ def nearest_distance(queries: Any, keys: Any, *, backend: str = "auto") -> np.nd
             f"mtal.search.nearest_distance: queries have dim {q.shape[1]} but keys have dim "
             f"{k.shape[1]}; embed both with the same model/layer"
         )
-    name = resolve_backend("nearest_distance", backend)
+    name = resolve_backend("nearest_distance", backend, device)
     if k.shape[0] == 0:
         return np.full(q.shape[0], np.inf, dtype=np.float32)
     if q.shape[0] == 0:
         return np.empty(0, dtype=np.float32)
-    return np.sqrt(SEARCH_BACKENDS.get(name)().nearest_sq(q, k))
+    return np.sqrt(SEARCH_BACKENDS.get(name)(device).nearest_sq(q, k))
 
 
 def k_center_greedy(
@@ -465,6 +505,7 @@ def k_center_greedy(
     *,
     backend: str = "auto",
     seed: int = 0,
+    device: str = "auto",
 ) -> np.ndarray:
     """Sener & Savarese k-center greedy: ``budget`` indices, each the unlabelled point
     farthest from its nearest centre (labelled points + earlier picks), in pick order.
@@ -475,7 +516,8 @@ def k_center_greedy(
     bound of the max are re-scored in float64 against all centres, so picks equal the
     float64 brute force, lowest index among exact ties. With no labelled point the first
     centre is ``np.random.default_rng(seed).integers(N)`` (``seed`` is unused otherwise).
-    'auto': faiss on CPU (measured faster), torch when CUDA is available.
+    'auto': faiss on CPU (measured faster), torch when CUDA is available; ``device``
+    as in :func:`nearest_distance`. The labelled set's initial minimum is one GEMM on CPU.
     """
     x = _to_numpy32(features, "features")
     if hasattr(labelled_mask, "detach"):
@@ -494,11 +536,11 @@ def k_center_greedy(
             f"mtal.search.k_center_greedy: budget {budget} must be between 0 and the "
             f"{available} unlabelled points available (of {n}); lower the budget"
         )
-    name = resolve_backend("k_center_greedy", backend)
+    name = resolve_backend("k_center_greedy", backend, device)
     if budget == 0:
         return np.empty(0, dtype=np.int64)
 
-    state = SEARCH_BACKENDS.get(name)().running_min(x)
+    state = SEARCH_BACKENDS.get(name)(device).running_min(x)
     centres = np.flatnonzero(mask)
     # float32/float64 copies of the centre rows, grown as picks are made (near-tie re-scoring)
     centres32 = np.empty((len(centres) + budget, x.shape[1]), dtype=np.float32)
