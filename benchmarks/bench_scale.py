@@ -12,7 +12,9 @@ cyclically shifted by an index-dependent offset, with index-seeded pixel noise o
 image — every pool image is distinct and its targets follow the same shift, but the
 renderer's per-scene cost (~6-17 ms, Python) does not dominate a 20k pool. 16×16 images,
 three tasks (semseg, depth, normals), PAD-Net on the tiny CNN with 16/32 head/encoder
-channels, eval batch 64; 10 % of the pool labelled, budget 5 % of the pool (images).
+channels, eval batch 64; 10 % of the pool labelled, budget 5 % of the pool (images);
+mtal trains its auto-encoder for 2 epochs (default 20; that stage is linear in epochs ×
+pool, so the default would multiply mtal's time, not change its flatness).
 
 Each (strategy, pool size) runs in a fresh process (forkserver with only the libraries
 imported): pool and model built, the scene bank rendered and one image forwarded, then
@@ -163,13 +165,15 @@ def worker(case: Case, n: int, size: tuple[int, int], batch: int, threads: int) 
     }
 
 
-def run(sizes: Sequence[int], size: tuple[int, int], batch: int, threads: int) -> list[tuple]:
+def run(
+    cases: Sequence[Case], sizes: Sequence[int], size: tuple[int, int], batch: int, threads: int
+) -> list[tuple]:
     """Every case at every pool size, each in its own fresh process."""
     os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(MMAP_THRESHOLD))
     mp = multiprocessing.get_context("forkserver")
     mp.set_forkserver_preload(["torch", "mtal.acquisition", "mtal.data.datamodule", "mtal.models"])
     results = []
-    for case in CASES:
+    for case in cases:
         for n in sizes:
             with concurrent.futures.ProcessPoolExecutor(
                 max_workers=1, mp_context=mp, max_tasks_per_child=1
@@ -184,7 +188,9 @@ def run(sizes: Sequence[int], size: tuple[int, int], batch: int, threads: int) -
     return results
 
 
-def table(results: list[tuple], sizes: Sequence[int], size: tuple[int, int]) -> str:
+def table(
+    cases: Sequence[Case], results: list[tuple], sizes: Sequence[int], size: tuple[int, int]
+) -> str:
     """Markdown table: per strategy and pool size, time per 1k images and peak memory,
     and the large/small ratios."""
     mib = 2**20
@@ -197,7 +203,7 @@ def table(results: list[tuple], sizes: Sequence[int], size: tuple[int, int]) -> 
         "|---|---|---|---|---|---|",
     ]
     summary = []
-    for case in CASES:
+    for case in cases:
         mine = {n: r for c, n, r in results if c == case}
         for n in sizes:
             r = mine[n]
@@ -224,6 +230,9 @@ def main() -> None:
     parser.add_argument("--image", type=int, default=16, help="square image side (px)")
     parser.add_argument("--batch", type=int, default=64, help="eval batch size")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    parser.add_argument(
+        "--only", nargs="*", default=None, help="strategy names to run (default: all)"
+    )
     args = parser.parse_args()
     sizes = args.sizes or ((200, 1000) if args.quick else (2000, 20000))
     size = (args.image, args.image)
@@ -234,9 +243,10 @@ def main() -> None:
         f"load average {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}",
         flush=True,
     )
-    results = run(sizes, size, args.batch, args.threads)
+    cases = [c for c in CASES if args.only is None or c.name in args.only]
+    results = run(cases, sizes, size, args.batch, args.threads)
     print()
-    print(table(results, sizes, size))
+    print(table(cases, results, sizes, size))
     print(f"\ntotal runtime {time.perf_counter() - start:.0f} s (wall)")
 
 

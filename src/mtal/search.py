@@ -45,6 +45,8 @@ _U32 = float(np.finfo(np.float32).eps) / 2
 _TORCH_UPDATE_ROWS_CPU = 512
 #: float elements per chunk of a query×key distance block (64 MiB of float32)
 _BLOCK_ELEMS = 1 << 24
+#: elements of one point×centre block of the labelled-set GEMM initialisation (8 MiB f64)
+_GEMM_BLOCK_ELEMS = 1 << 20
 
 
 # --------------------------------------------------------------------------- faiss
@@ -303,7 +305,8 @@ def _gemm_running_min(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
     ncmax = float(nc.max())
     out = np.empty(x.shape[0], dtype=np.float32)
     scratch = np.empty(len(centres), dtype=np.float32)
-    rows = max(1, min(x.shape[0], (1 << 22) // max(1, len(centres))))
+    # rows per block: the rows×L distance block stays ≤ 8 MiB (float64) whatever N and L
+    rows = max(1, min(x.shape[0], _GEMM_BLOCK_ELEMS // max(1, len(centres))))
     for s in range(0, x.shape[0], rows):
         xb = x[s : s + rows]
         xc = xb - mu
