@@ -14,7 +14,8 @@ RUNS ?= runs
 # paper experiment → grid file (experiments/<grid>.yaml)
 PAPERS := wacv24-nyud:wacv24_nyud wacv24-pascal:wacv24_pascal wacv24-tab1:wacv24_tab1 \
 	wacv24-fig7a:wacv24_fig7a wacv24-fig7b:wacv24_fig7b partal-nyud:partal_nyud \
-	partal-pascal:partal_pascal
+	partal-pascal:partal_pascal iccvw23-nuimages:iccvw23_nuimages iccvw23-a9:iccvw23_a9 \
+	iccvw23-procedural:iccvw23_procedural
 PAPER_TARGETS := $(foreach p,$(PAPERS),paper-$(word 1,$(subst :, ,$(p))))
 
 .PHONY: install demo test lint format clean bench papers-smoke $(PAPER_TARGETS)

@@ -25,7 +25,7 @@ CONFIGS = sorted(
     if "sweeps" not in p.relative_to(ROOT / "configs").parts
 )
 #: registered dataset name → fixture writer name in mtal.data.fixtures.FIXTURE_WRITERS
-REAL_DATASETS = ("nyud", "pascal_context", "nyuv2_13", "cityscapes_7")
+REAL_DATASETS = ("nyud", "pascal_context", "nyuv2_13", "cityscapes_7", "nuimages", "a9")
 #: overrides that make a real-dataset config fast and offline
 OFFLINE = [
     "--model.backbone=tiny_cnn",

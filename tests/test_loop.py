@@ -226,7 +226,7 @@ def test_wandb_key_never_written(
         "--loop.logger",
         "wandb",
         "--loop.description",
-        f"pasted by mistake: WANDB_API_KEY={key}",
+        f"pasted by mistake: WANDB_API_KEY={key} api_key=s3cr3tvalue password: hunter2",
     ]
     monkeypatch.setattr("sys.argv", ["mtal", *argv])  # what wandb sees as the command line
     run_cli(argv)
@@ -235,6 +235,7 @@ def test_wandb_key_never_written(
     files = [p for p in run.rglob("*") if p.is_file()]
     assert any("wandb" in p.parts for p in files)  # the offline W&B run is in the folder
     assert "<redacted>" in (run / "config.yaml").read_text()  # the description went through
-    leaked = [str(p) for p in files if key.encode() in p.read_bytes()]
-    assert leaked == []
-    assert key not in out and key not in err
+    for secret in (key, "s3cr3tvalue", "hunter2"):  # .wandb, debug.log, config.yaml, ...
+        leaked = [str(p) for p in files if secret.encode() in p.read_bytes()]
+        assert leaked == [], secret
+        assert secret not in out and secret not in err

@@ -340,7 +340,7 @@ def test_final_outputs_alone_train_the_distillation_and_encoder():
 
 # -- registry and backbone errors ---------------------------------------------------------------
 def test_unknown_model_lists_known_models():
-    with pytest.raises(UnknownNameError, match="known models: hps, padnet"):
+    with pytest.raises(UnknownNameError, match="known models: detseg, hps, padnet"):
         create_model("pad-net", make_tasks(NYUD))
     assert {"hps", "padnet"} <= set(MODELS.names())
 

@@ -117,8 +117,13 @@ def run_forked(argv: list[str], log: Path, crash: str | None = None, limit: floa
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file under ``folder`` (relative path → bytes)."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    """Every file under ``folder`` (relative path → bytes) but the lock file, whose
+    content is the PID of the process that last held it."""
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in folder.rglob("*")
+        if p.is_file() and p.name != ".lock"
+    }
 
 
 def state_payload(run: Path) -> dict:

@@ -88,8 +88,9 @@ def build(name: str, kw: dict[str, Any], **extra: Any):
 def test_registry_names() -> None:
     expected = {"random", "random_pairs", "coreset", "mtal", "ll4al", "equal", "rbal", "partal"}
     expected |= {f"equal-{t}" for t in ("semseg", "depth", "normals", "edge", "saliency", "parts")}
+    expected |= {"detseg", "cald", "alternation", "cdal"}  # ICCVW'23 det+seg (test_detseg_*)
     assert set(STRATEGIES.names()) == expected
-    with pytest.raises(UnknownNameError, match="known strategys: coreset"):
+    with pytest.raises(UnknownNameError, match="known strategies: alternation, cald"):
         create_strategy("nope")
 
 

@@ -53,7 +53,7 @@ def test_importing_the_registry_does_not_import_torch():
 
     code = "import sys, mtal.tasks; print('torch' in sys.modules, len(mtal.tasks.TASKS))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["False", "6"]
+    assert out.stdout.split() == ["False", "7"]  # 6 dense tasks + boxes
 
 
 def test_unknown_task_name_lists_known_ones():

@@ -21,6 +21,7 @@ PLAIN_COMMANDS: dict[str, str] = {
     "data": "mtal.data.preview:main",
     "report": "mtal.report:main",
     "experiment": "mtal.experiment:main",
+    "label": "mtal.labelling.cli:main",
 }
 
 TRAINER_DEFAULTS: dict[str, Any] = {
@@ -70,7 +71,7 @@ def run_cli(args: Sequence[str] | None = None, *, run: bool = True, execute: boo
     running it: the check that a config is complete and valid (used by the tests)."""
     _environment()
     from mtal.data.datamodule import ActiveDataModule
-    from mtal.lightning_cli import ActiveTrainer, CheckCLI, MtalCLI
+    from mtal.lightning_cli import ActiveTrainer, CheckCLI, MtalCLI, RedactedSaveConfig
     from mtal.training.module import MultiTaskModule
 
     return (MtalCLI if execute else CheckCLI)(
@@ -79,6 +80,7 @@ def run_cli(args: Sequence[str] | None = None, *, run: bool = True, execute: boo
         trainer_class=ActiveTrainer,
         trainer_defaults={**TRAINER_DEFAULTS, "precision": default_precision()},
         seed_everything_default=0,
+        save_config_callback=RedactedSaveConfig,
         save_config_kwargs={"overwrite": True},
         args=list(args) if args is not None else None,
         run=run,
@@ -86,15 +88,59 @@ def run_cli(args: Sequence[str] | None = None, *, run: bool = True, execute: boo
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``mtal`` console script."""
-    _environment()
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _dispatch(argv: list[str]) -> int:
     if argv and argv[0] in PLAIN_COMMANDS:
         module_name, func = PLAIN_COMMANDS[argv[0]].split(":")
         return int(getattr(importlib.import_module(module_name), func)(argv[1:]) or 0)
     run_cli(with_default_config(argv))
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``mtal`` console script. Exit codes: 0 done, 1 an error (one
+    message, no traceback, for the errors a user can fix), 130 Ctrl-C, 143 SIGTERM
+    (see :mod:`mtal.interrupt`); ``MTAL_TRACEBACK=1`` shows the full traceback."""
+    from mtal.interrupt import exit_code, message, signals_raise
+
+    _environment()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        with signals_raise():
+            return _dispatch(argv)
+    except BaseException as exc:
+        code = exit_code(exc)
+        if code is not None:
+            print(message(), file=sys.stderr, flush=True)
+            return code
+        if isinstance(exc, SystemExit):
+            raise
+        user_error = _user_error(exc)
+        if user_error is None or os.environ.get("MTAL_TRACEBACK") == "1":
+            raise
+        command = f"mtal {argv[0]}" if argv and not argv[0].startswith("-") else "mtal"
+        print(f"{command}: error: {user_error}", file=sys.stderr, flush=True)
+        return 1
+
+
+#: errors whose message is the whole story (bad config, data, run folder); others keep
+#: their traceback
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, FileNotFoundError, OSError)
+
+
+def _user_error(exc: BaseException) -> str | None:
+    """The message of the innermost user error of ``exc``'s cause chain (jsonargparse wraps
+    errors raised while it links or instantiates the config), or None."""
+    found = None
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, USER_ERRORS) or type(exc).__name__ == "RunLockedError":
+            found = exc
+        exc = exc.__cause__  # type: ignore[assignment]
+    if found is None:
+        return None
+    text = found.args[0] if isinstance(found, KeyError) and found.args else str(found)
+    return str(text)
 
 
 if __name__ == "__main__":

@@ -241,9 +241,11 @@ def run_grid(
 ) -> list[Run]:
     """Run every unfinished cell of ``grid``; returns the runs that were executed."""
     from mtal.cli import run_cli
+    from mtal.progress import Clock
 
     executed = []
     runs = expand(grid, runs_dir=runs_dir)
+    clock = Clock(sum(not r.finished() for r in runs))
     for number, run in enumerate(runs, 1):
         label = f"[{number}/{len(runs)}] {run.experiment} {run.strategy} seed{run.seed}"
         if run.finished():
@@ -254,12 +256,17 @@ def run_grid(
             executed.append(run)
             continue
         if subprocesses:
-            subprocess.run(
-                [sys.executable, "-m", "mtal.cli", *run.args], check=True, env=os.environ.copy()
+            done = subprocess.run(
+                [sys.executable, "-m", "mtal.cli", *run.args], env=os.environ.copy()
             )
+            if done.returncode != 0:  # the grid stops with the run's own exit code
+                code = done.returncode if done.returncode > 0 else 128 - done.returncode
+                print(f"{label}: exited with {code}; rerun the same command to resume", flush=True)
+                raise SystemExit(code)
         else:
             run_cli(run.args)
         executed.append(run)
+        print(f"{label}: done (runs {clock.lap()})", flush=True)
     return executed
 
 

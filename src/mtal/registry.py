@@ -44,7 +44,7 @@ class Registry(Generic[T]):
         except KeyError:
             known = ", ".join(sorted(self._entries)) or "(none)"
             raise UnknownNameError(
-                f"unknown {self.kind} {name!r}; known {self.kind}s: {known}"
+                f"unknown {self.kind} {name!r}; known {_plural(self.kind)}: {known}"
             ) from None
 
     def create(self, name: str, /, **kwargs: Any) -> T:
@@ -62,3 +62,8 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def _plural(word: str) -> str:
+    """``strategy`` → ``strategies``, ``dataset`` → ``datasets``."""
+    return word[:-1] + "ies" if word.endswith("y") and word[-2:-1] not in "aeiou" else word + "s"

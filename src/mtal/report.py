@@ -6,8 +6,14 @@ into ``<experiment>/report/``:
 - ``curve_<metric>.png``: the metric against % of labels bought, mean ± std over
   seeds per strategy, with the fully-trained reference as a horizontal line;
 - ``table.md`` and ``table.csv``: mean ± std per strategy and cycle;
+- ``overview.png``: every metric's AL curves in one figure;
+- ``gallery/<strategy>_seed<k>_cycle_<c>.png``: thumbnails of the images requested for
+  cycle ``c`` with the tasks requested and their scores;
 - ``savings.md``: labels each strategy needs to reach the fully-trained multi-task
-  loss, and the savings against every other strategy.
+  loss, and the savings against every other strategy;
+- ``cost_curve_<metric>.png`` and ``savings_cost.md``: the same against cumulative
+  annotation cost, for runs priced by ``loop.task_costs`` or ``--task_costs``
+  (:mod:`mtal.report_costs`).
 
 The fully-trained reference is a run named ``full`` (``--loop.name full`` with
 ``data.initial 1.0`` and one cycle); without one, the savings use the best value any
@@ -39,6 +45,10 @@ HIGHER_IS_BETTER = {
     "pct_22_5",
     "pct_30",
     "delta_m",
+    "map",
+    "map_50",
+    "map_75",
+    "mdsq",
 }
 HEADLINE = "val/mtl_loss"
 #: each task's headline metric, in order of preference, for the compact summary table
@@ -49,6 +59,7 @@ TASK_HEADLINES = {
     "normals": ("mean",),
     "edge": ("odsf", "odsf_approx"),
     "saliency": ("maxf",),
+    "boxes": ("map",),
 }
 REFERENCE = "full"
 
@@ -193,25 +204,33 @@ def savings_markdown(curves: list[Curve], target: float, target_name: str, highe
 def table_rows(
     runs: dict[str, list[list[dict[str, float]]]], metrics: list[str]
 ) -> list[dict[str, str]]:
-    """Mean ± std per strategy and cycle for every metric."""
+    """Mean ± std per strategy and cycle for every metric, keyed by the ``cycle`` column:
+    a metric that is NaN or missing in one row leaves its cell empty and never shifts
+    another cycle's values (labels and % labels come from every row of that cycle)."""
     rows = []
     for strategy in sorted(runs):
-        curves = {m: curve(strategy, runs[strategy], m) for m in metrics}
-        first = next((c for c in curves.values() if c is not None), None)
-        if first is None:
-            continue
-        for i in range(len(first.x)):
+        by_cycle: dict[int, list[dict[str, float]]] = defaultdict(list)
+        for seed_rows in runs[strategy]:
+            for row in seed_rows:
+                if "cycle" in row and math.isfinite(row["cycle"]):
+                    by_cycle[int(row["cycle"])].append(row)
+        for cycle in sorted(by_cycle):
+            cells = by_cycle[cycle]
+
+            def mean(key: str, rows_: list[dict[str, float]] = cells) -> float:
+                values = [r[key] for r in rows_ if key in r and math.isfinite(r[key])]
+                return float(np.mean(values)) if values else float("nan")
+
             row = {
                 "strategy": strategy,
-                "cycle": str(i),
-                "% labels": f"{first.x[i]:.1f}",
-                "labels": f"{first.labels[i]:.0f}",
-                "seeds": str(first.seeds),
+                "cycle": str(cycle),
+                "% labels": f"{100.0 * mean('labelled_fraction'):.1f}",
+                "labels": f"{mean('labels'):.0f}",
+                "seeds": str(len(cells)),
             }
-            for m, c in curves.items():
-                row[m] = (
-                    "" if c is None or i >= len(c.mean) else f"{c.mean[i]:.4f} ± {c.std[i]:.4f}"
-                )
+            for m in metrics:
+                values = np.array([r[m] for r in cells if m in r and math.isfinite(r[m])])
+                row[m] = f"{values.mean():.4f} ± {values.std():.4f}" if values.size else ""
             rows.append(row)
     return rows
 
@@ -223,6 +242,8 @@ def headline_metrics(metrics: list[str]) -> list[str]:
         found = next((f"val/{task}/{n}" for n in names if f"val/{task}/{n}" in metrics), None)
         if found is not None:
             chosen.append(found)
+    if "val/mdsq" in metrics:
+        chosen.append("val/mdsq")
     return chosen
 
 
@@ -233,10 +254,15 @@ def markdown_table(rows: list[dict[str, str]], columns: list[str]) -> str:
     return "\n".join(md) + "\n"
 
 
-def write_report(experiment_dir: str | Path) -> Path:
-    """Write curves, tables and savings for one experiment folder; returns the report dir."""
+def write_report(experiment_dir: str | Path, task_costs: dict[str, float] | None = None) -> Path:
+    """Write curves, tables and savings for one experiment folder; returns the report dir.
+    ``task_costs`` prices the cost axis (default: each run's ``loop.task_costs``)."""
     experiment_dir = Path(experiment_dir)
     runs = read_runs(experiment_dir)
+    if runs:
+        from mtal.reporting_detseg import add_mdsq
+
+        runs = add_mdsq(runs, REFERENCE)  # det+seg experiments: val/mdsq (Eq. 4)
     if not runs:
         raise FileNotFoundError(
             f"no runs under {experiment_dir}: expected {experiment_dir}/<strategy>/seed<k>/metrics.csv "
@@ -251,6 +277,7 @@ def write_report(experiment_dir: str | Path) -> Path:
         if curves:
             name = metric.replace("val/", "").replace("/", "_")
             plot_curve(curves, metric, reference_value(runs, metric), out / f"curve_{name}.png")
+    write_pictures(experiment_dir, out, runs, metrics)
     rows = table_rows({s: runs[s] for s in strategies}, metrics)
     columns = ["strategy", "cycle", "% labels", "labels", "seeds", *metrics]
     with (out / "table.csv").open("w", newline="") as handle:
@@ -276,7 +303,25 @@ def write_report(experiment_dir: str | Path) -> Path:
                 + savings_markdown(curves, best, "the best reached multi-task loss", False)
             )
         (out / "savings.md").write_text(text)
+    from mtal.report_costs import write_cost_report  # the cost axis (mtal.report_costs)
+
+    write_cost_report(experiment_dir, out, metrics, task_costs)
     return out
+
+
+def write_pictures(
+    experiment_dir: Path,
+    out: Path,
+    runs: dict[str, list[list[dict[str, float]]]],
+    metrics: list[str],
+) -> None:
+    """``overview.png`` (all AL curves) and ``gallery/<run>_seed<k>_cycle_<c>.png`` (what
+    each run picked, see :mod:`mtal.gallery`)."""
+    from mtal.gallery import write_galleries
+    from mtal.overview import plot_overview
+
+    plot_overview(runs, metrics, out / "overview.png")
+    write_galleries(experiment_dir, out / "gallery")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -284,11 +329,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mtal report", description="AL curves and tables")
     parser.add_argument("experiment", help="runs/<experiment>")
     parser.add_argument("--print", action="store_true", help="print the tables")
+    parser.add_argument("--task_costs", help="price the cost axis: semseg=10,depth=0.5,...")
     args = parser.parse_args(list(argv) if argv is not None else None)
-    out = write_report(args.experiment)
+    from mtal.report_costs import parse_task_costs
+
+    out = write_report(args.experiment, parse_task_costs(args.task_costs))
     print(f"[mtal] report written to {out}")
     if args.print:
-        for name in ("summary.md", "savings.md"):
+        for name in ("summary.md", "savings.md", "savings_cost.md"):
             if (out / name).exists():
                 print((out / name).read_text())
     return 0

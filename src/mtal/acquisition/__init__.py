@@ -20,7 +20,11 @@ def create_strategy(name: str, **kwargs: Any) -> Any:
 
 # registration side effects (after STRATEGIES exists)
 from mtal.acquisition import (  # noqa: E402, F401
+    alternation,  # noqa: E402, F401  (builds on the others)
+    cald,
+    cdal,
     coreset,
+    detseg_consistency,
     equal,
     ll4al,
     mtal_consistency,

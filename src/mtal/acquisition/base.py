@@ -18,6 +18,7 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
+    from mtal.acquisition.costs import CostBudget
     from mtal.tasks.base import Task
 
 GRANULARITIES = ("image", "pair")
@@ -36,6 +37,8 @@ class AcquisitionContext:
     scoring pass over the labelled images. It must return exactly what that strategy's
     own pass computes (``coreset``: ``MultiTaskOutput.embedding``; ``mtal``: see
     :func:`mtal.acquisition.diversity.pooled_task_features`).
+    ``cost``: a budget in annotation cost (``loop.budget_unit: cost``); when set, it and
+    not the label count limits what :meth:`Strategy.select` buys.
     """
 
     model: torch.nn.Module
@@ -47,6 +50,7 @@ class AcquisitionContext:
     seed: int = 0
     state: dict[str, Any] = field(default_factory=dict)
     train_features: Callable[[np.ndarray], torch.Tensor] | None = None
+    cost: CostBudget | None = None
 
     @property
     def task_names(self) -> list[str]:
@@ -159,12 +163,14 @@ class Strategy(ABC):
 
     def select(self, ctx: AcquisitionContext, budget: int) -> Selection:
         """Buy ``budget`` labels (image/task pairs) from the pool of ``ctx``."""
-        count = self._units(ctx, budget)
+        count = self._units(ctx, budget) if ctx.cost is None else self._cost_units(ctx)
         rng = self.rng(ctx)
         if count == 0:
             sel = self._empty(ctx)
         else:
             sel = self.acquire(ctx, count, rng)
+        if ctx.cost is not None:
+            sel.diagnostics.update(ctx.cost.diagnostics(sel.pairs))
         sel.diagnostics.setdefault("strategy", self.name)
         sel.diagnostics.setdefault("granularity", self.granularity)
         sel.diagnostics.setdefault("budget", int(budget))
@@ -206,6 +212,58 @@ class Strategy(ABC):
                 f"clamp_budget=True to buy what is left."
             )
         return want
+
+    def _cost_units(self, ctx: AcquisitionContext) -> int:
+        """Images (image strategies: ``floor(budget / Σ_k c_k)``) or the candidate-pair cap
+        (pair strategies: every unlabelled pair; the cost stops the walk) under ``ctx.cost``."""
+        cost = ctx.cost
+        assert cost is not None
+        if self.granularity == "image":
+            left, want = len(ctx.pool.unlabelled_images()), cost.images()
+            if want == 0:
+                raise ValueError(
+                    f"strategy {self.name!r} buys whole images costing {float(cost.image_cost())} "
+                    f"each (the sum of loop.task_costs); a budget of {cost.amount} buys none. "
+                    "Raise loop.budget."
+                )
+            what, have = f"{want} images", f"{left} fully unlabelled images"
+            short = want > left
+        else:
+            pairs = ctx.pool.unlabelled_pairs()
+            left = want = len(pairs)
+            total = cost.spent(pairs)
+            what, have = f"{cost.amount} cost units", f"pairs worth {total} cost units"
+            short = total < cost.amount
+        if short and not self.clamp_budget:
+            raise ValueError(
+                f"strategy {self.name!r}: a cost budget of {cost.amount} asks for {what}, but "
+                f"only {have} are left. Lower the budget or create the strategy with "
+                f"clamp_budget=True to buy what is left."
+            )
+        return min(want, left)
+
+    def pick_pairs(
+        self,
+        ctx: AcquisitionContext,
+        candidates: np.ndarray,
+        score: np.ndarray,
+        count: int,
+        rng: np.random.Generator,
+    ) -> np.ndarray:
+        """Positions of the candidate pairs to buy: the top ``count`` by score, or under a
+        cost budget the greedy walk of :meth:`mtal.acquisition.costs.CostBudget.pick`
+        (same tie-break). Every pair strategy buys through here."""
+        if ctx.cost is None:
+            return self.top_k(score, count, rng)
+        scores = np.asarray(score, dtype=np.float64)
+        if np.isnan(scores).any():
+            raise ValueError(
+                f"strategy {self.name!r} produced {int(np.isnan(scores).sum())} NaN scores; "
+                "check the model outputs for NaN/inf"
+            )
+        n = scores.shape[0]
+        secondary = rng.permutation(n) if self.tie_break == "random" else np.arange(n)
+        return ctx.cost.pick(candidates, scores, secondary, count)
 
     def _empty(self, ctx: AcquisitionContext) -> Selection:
         k = len(ctx.tasks)
@@ -276,7 +334,7 @@ class Strategy(ABC):
         the bought pairs carry a score (none when ``record_scores`` is False), the other
         cells of their rows are NaN."""
         candidates = np.asarray(candidates, dtype=np.int64).reshape(-1, 2)
-        pick = self.top_k(score, count, rng)
+        pick = self.pick_pairs(ctx, candidates, score, count, rng)
         pairs = candidates[pick]
         _, first = np.unique(pairs[:, 0], return_index=True)
         images = pairs[np.sort(first), 0]

@@ -36,6 +36,8 @@ DATASET_MODULES: tuple[str, ...] = (
     "mtal.data.synthetic",
     "mtal.data.nyud",
     "mtal.data.pascal_context",
+    "mtal.data.nuimages",
+    "mtal.data.a9",
     "mtal.data.mtan",
 )
 

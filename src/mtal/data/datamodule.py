@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mtal.data import create_dataset
-from mtal.data.base import MultiTaskDataset
+from mtal.data.base import DatasetLayoutError, MultiTaskDataset, check_disjoint_splits
 from mtal.data.pool import LabelPool
 from mtal.data.transforms import BOX_TASK, DenseTransform, empty_box_target, to_tensors
 from mtal.tasks.base import Task
@@ -234,9 +234,17 @@ class ActiveDataModule(L.LightningDataModule):
             kwargs = dict(self.dataset_kwargs)
             if self.root is not None:
                 kwargs["root"] = self.root
-            self._datasets[stage] = create_dataset(
-                self.dataset_name, split=self.splits[stage], tasks=self._requested_tasks, **kwargs
-            )
+            try:
+                self._datasets[stage] = create_dataset(
+                    self.dataset_name,
+                    split=self.splits[stage],
+                    tasks=self._requested_tasks,
+                    **kwargs,
+                )
+            except DatasetLayoutError as exc:  # name the config field first
+                # the message carries the original: the innermost error is the one shown
+                raise DatasetLayoutError(f"data.root={self.root!r}: {exc}") from None
+            check_disjoint_splits(self._datasets)  # a val/test id in the pool is an error
         return self._datasets[stage]
 
     @property
@@ -280,7 +288,12 @@ class ActiveDataModule(L.LightningDataModule):
     def pool_length(self) -> int:
         """N: the number of training samples in the pool."""
         n = len(self.train_dataset)
-        return n if self.pool_size is None else min(int(self.pool_size), n)
+        if self.pool_size is not None and int(self.pool_size) > n:
+            raise ValueError(
+                f"data.pool_size={self.pool_size}, but the {self.splits['train']!r} split has "
+                f"only {n} images; use data.pool_size <= {n} or null for all of them"
+            )
+        return n if self.pool_size is None else int(self.pool_size)
 
     def _eval_indices(self, stage: str) -> np.ndarray:
         n = len(self._dataset(stage))

@@ -275,8 +275,21 @@ def write_mtan(
     return splits
 
 
+def _detseg_writer(name: str) -> Callable[..., Any]:
+    """The nuImages / A9 writer of :mod:`mtal.data.fixtures_detseg` (imported on call)."""
+
+    def write(root: str | Path, source: SampleSource, n_train: int, n_val: int) -> Any:
+        from mtal.data import fixtures_detseg
+
+        return getattr(fixtures_detseg, f"write_{name}")(root, source, n_train, n_val)
+
+    return write
+
+
 #: dataset name → fixture writer with the ``(root, source, n_train, n_val)`` signature
 FIXTURE_WRITERS: dict[str, Callable[..., Any]] = {
+    "nuimages": _detseg_writer("nuimages"),
+    "a9": _detseg_writer("a9"),
     "nyud": write_nyud,
     "pascal_context": write_pascal_context,
     "nyuv2_13": partial(write_mtan, kind="nyuv2_13"),

@@ -26,7 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from mtal.data.base import DATASETS, DatasetLayoutError, IdListDataset, check_file
+from mtal.data.base import (
+    DATASETS,
+    DatasetLayoutError,
+    IdListDataset,
+    check_file,
+    read_split_file,
+)
 
 DOCS_HINT = "see docs/datasets.md for where each public download goes"
 
@@ -166,14 +172,9 @@ def read_normals_npy(
 
 
 def read_id_list(path: Path, layout: str) -> list[str]:
-    """Read a split file (one id per line, blank lines skipped); empty files raise."""
-    check_file(path, "split file", layout)
-    ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    if not ids:
-        raise DatasetLayoutError(
-            f"split file {path} lists no image ids\nexpected layout:\n{layout}"
-        )
-    return ids
+    """Read a split file (see :func:`mtal.data.base.read_split_file`: duplicates, ids
+    leaving the root and empty files raise, naming the file and line)."""
+    return list(read_split_file(path, layout))
 
 
 # ----------------------------------------------------------------------------------
@@ -252,7 +253,7 @@ class NYUD(IdListDataset):
         self.normals_encoding = normals_encoding
         self.root = Path(root)
         check_file(self.root, "NYUD dataset root", NYUD_LAYOUT)
-        self.ids = read_id_list(self.root / "gt_sets" / f"{split}.txt", NYUD_LAYOUT)
+        self.read_ids(self.root / "gt_sets" / f"{split}.txt", NYUD_LAYOUT)
         check_file(self.root / "images", "NYUD image folder", NYUD_LAYOUT)
         self._readers: dict[str, Callable[[Path], np.ndarray]] = {
             "semseg": self._read_semseg,

@@ -34,7 +34,6 @@ from mtal.data.base import DATASETS, DatasetLayoutError, IdListDataset, check_fi
 from mtal.data.nyud import (
     DOCS_HINT,
     check_same_size,
-    read_id_list,
     read_label_png,
     read_mat,
     read_png_uint8,
@@ -189,7 +188,7 @@ class PascalContext(IdListDataset):
         self.semseg_dirs = tuple(semseg_dirs)
         self.parts_schema = parts_schema
         check_file(self.root, "PASCAL-Context dataset root", PASCAL_LAYOUT)
-        self.ids = read_id_list(self.root / "ImageSets" / "Context" / f"{split}.txt", PASCAL_LAYOUT)
+        self.read_ids(self.root / "ImageSets" / "Context" / f"{split}.txt", PASCAL_LAYOUT)
         check_file(self.root / "JPEGImages", "PASCAL-Context image folder", PASCAL_LAYOUT)
         self._readers: dict[str, Callable[[Path, np.ndarray], np.ndarray]] = {
             "semseg": self._read_semseg,

@@ -181,15 +181,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from mtal.data import create_dataset
 
+    argv = list(argv) if argv is not None else None
+    if argv and argv[0] == "check":  # its own parser (config + --data.* overrides)
+        from mtal.data.check import main as check_main
+
+        return check_main(argv[1:])
     parser = argparse.ArgumentParser(prog="mtal data", description="dataset utilities")
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("check", help="read every file of the configured splits (see check -h)")
     preview = sub.add_parser("preview", help="a PNG grid of samples × tasks")
     preview.add_argument("--dataset", default="synthetic")
     preview.add_argument("--root", default=None, help="dataset root (real datasets)")
     preview.add_argument("--split", default="train")
     preview.add_argument("-n", "--num", type=int, default=6, help="number of samples")
     preview.add_argument("--out", default="preview.png")
-    args = parser.parse_args(list(argv) if argv is not None else None)
+    args = parser.parse_args(argv)
     kwargs: dict[str, Any] = {"split": args.split}
     if args.root is not None:
         kwargs["root"] = args.root

@@ -273,7 +273,8 @@ def to_tensors(sample: Mapping[str, Any], tasks: Mapping[str, Task]) -> dict[str
 
     Only tasks both in ``tasks`` and in the sample are converted, with
     ``task.target_from_numpy``; a ``boxes`` target becomes
-    ``{"boxes": float32 N×4, "labels": int64 N}`` (detection targets are lists, not maps).
+    ``{"boxes": float32 N×4, "labels": int64 N}`` (detection targets are lists, not maps),
+    through ``task.target_from_boxes`` when the task has it (class-id mapping).
     """
     import torch
 
@@ -284,6 +285,9 @@ def to_tensors(sample: Mapping[str, Any], tasks: Mapping[str, Task]) -> dict[str
         if name == BOX_TASK:
             boxes = np.asarray(sample[BOX_TASK], dtype=np.float32).reshape(-1, 4)
             labels = np.asarray(sample.get("box_labels", np.zeros(0)), dtype=np.int64).reshape(-1)
+            if hasattr(task, "target_from_boxes"):  # maps seg class ids to detection classes
+                out["targets"][name] = task.target_from_boxes(boxes, labels)
+                continue
             out["targets"][name] = {
                 "boxes": torch.from_numpy(boxes.copy()),
                 "labels": torch.from_numpy(labels.copy()),

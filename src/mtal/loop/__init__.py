@@ -1,4 +1,9 @@
-"""The active-learning cycle driver and its Lightning callback.
+"""The active-learning cycle driver and its Lightning callbacks.
+
+:class:`ActiveLoop` (``callback.py``) scores the pool and buys labels inside any
+``Trainer.fit`` (the adapter protocol is in ``adapter.py``); :class:`CycleTracker` keeps
+one cycle's best weights. The driver below runs ``mtal loop`` and selects through
+``ActiveLoop.select``.
 
 One cycle = fit (continuous training from the previous cycle's best weights, fresh
 optimiser) → validate → log → select → label (the dataset's own annotations are the
@@ -19,6 +24,8 @@ Crash safety comes from the order of atomic writes (``mtal.io``) in the run fold
   (no label bought twice) and never forgets one (no label lost).
 - ``cycle_<c>/weights.pt`` — the best weights of cycle ``c`` (plain state dict, loaded
   with ``weights_only=True``), then its ``metrics.csv`` row (rewritten atomically).
+- ``requests/<id>.json`` — with ``loop.oracle: human``, the labelling request that takes
+  the place of the pool file until ``mtal label import`` writes it (:mod:`mtal.labelling`).
 
 A rerun of the same command validates everything it will read *before* writing
 anything, finds the newest pool file and redoes only what is missing. Every fit and
@@ -31,10 +38,11 @@ itself the ``n``-th time it reaches ``point`` (one of :data:`CRASH_POINTS`), so 
 crash at exact places (e.g. between a state write and a pool write).
 """
 
-from mtal.loop.callback import ActiveLoop
+from mtal.loop.adapter import ActiveModule, ScoringNetwork
+from mtal.loop.callback import Acquisition, ActiveLoop, CycleTracker
 from mtal.loop.crash import CRASH_ENV, CRASH_POINTS, crash_point, parse_crash_spec
 from mtal.loop.driver import ActiveLearningLoop, CycleResult
-from mtal.loop.oracle import apply_selection
+from mtal.loop.oracle import ORACLES, apply_selection, create_oracle
 from mtal.loop.runfolder import (
     STATE_SCHEMA,
     STATE_VERSION,
@@ -50,6 +58,7 @@ from mtal.loop.settings import (
     LoopSettings,
     budget_in_labels,
     check_budget,
+    cost_budget,
     derive_seed,
     run_dir_for,
     validate_settings,
@@ -60,15 +69,22 @@ __all__ = [
     "CRASH_POINTS",
     "STATE_SCHEMA",
     "STATE_VERSION",
+    "Acquisition",
     "ActiveLearningLoop",
     "ActiveLoop",
+    "ActiveModule",
     "CycleResult",
+    "CycleTracker",
     "LoopSettings",
+    "ORACLES",
     "MetricsTable",
     "RunFolder",
+    "ScoringNetwork",
     "apply_selection",
     "budget_in_labels",
     "check_budget",
+    "cost_budget",
+    "create_oracle",
     "cpu_state",
     "crash_point",
     "derive_seed",

@@ -14,13 +14,18 @@ from typing import TYPE_CHECKING, Any
 import torch
 from lightning.pytorch import LightningModule, Trainer, seed_everything
 
+from mtal.interrupt import mark_cycle
 from mtal.io import StateFileError
-from mtal.loop.callback import ActiveLoop
+from mtal.loop.callback import ActiveLoop, CycleTracker
 from mtal.loop.crash import crash_point
-from mtal.loop.oracle import apply_selection
+from mtal.loop.guard import check_data_up_front, locked_run_folder
+from mtal.loop.identity import check_identity
+from mtal.loop.oracle import apply_selection, create_oracle
 from mtal.loop.runfolder import (
     MetricsTable,
     RunFolder,
+    check_pool_sense,
+    check_run_location,
     cpu_state,
     is_number,
     load_weights,
@@ -32,10 +37,12 @@ from mtal.loop.settings import (
     LoopSettings,
     budget_in_labels,
     check_budget,
+    cost_budget,
     derive_seed,
     run_dir_for,
     validate_settings,
 )
+from mtal.progress import Clock
 from mtal.tracking import OffsetLogger, close_logger, create_logger
 
 if TYPE_CHECKING:
@@ -74,6 +81,7 @@ class ActiveLearningLoop:
         from mtal.acquisition import create_strategy
 
         validate_settings(settings)
+        check_run_location(settings)
         self.module = module
         self.datamodule = datamodule
         self.settings = settings
@@ -95,6 +103,8 @@ class ActiveLearningLoop:
         net = getattr(module, "net", None)
         if net is not None:
             self.strategy.check_model(net)
+        self.oracle = create_oracle(settings.oracle)  # issue 15: labels from people
+        self.pending_request: Any = None  # set when the human oracle stopped for labels
 
     # -- run folder (delegates to :class:`RunFolder`) -------------------------------------
     def pool_path(self, cycle: int) -> Path:
@@ -159,6 +169,7 @@ class ActiveLearningLoop:
                     f"(newest pool {self.pool_path(latest)}); it belongs to another run"
                 )
             pool = LabelPool.load(self.pool_path(latest))
+            check_pool_sense(pool, self.pool_path(latest), latest)
             dm.attach_pool(pool)
             initial = load_weights(self.init_path)
             own = self.module.state_dict()
@@ -180,14 +191,23 @@ class ActiveLearningLoop:
                 f"or an image count >= 1"
             )
         budget = budget_in_labels(s, pool.num_images, pool.num_tasks)
-        check_budget(self.strategy, pool, budget, s.cycles - 1 - latest, s.clamp_budget)
+        cost = cost_budget(s, pool.tasks)  # None unless loop.budget_unit=cost (issue 15)
+        check_budget(self.strategy, pool, budget, s.cycles - 1 - latest, s.clamp_budget, cost=cost)
         # read one training and one validation sample: a missing or unreadable dataset
         # fails here, before the run folder is touched
         dm.setup("fit")
         _ = dm.train_dataloader().dataset[0]
         val = dm.val_dataloader().dataset
-        if len(val):
-            _ = val[0]
+        if not len(val):
+            raise ValueError(
+                f"the validation set is empty (data.val_size={getattr(dm, 'val_size', '?')}): "
+                f"the loop picks each cycle's best weights by {s.monitor}; set data.val_size "
+                f"to at least 1 (or null for the whole split)"
+            )
+        _ = val[0]
+        if fresh:
+            check_data_up_front(dm, s.check_data_up_to)
+        self.oracle.check(dm)
         state.setdefault("step_offsets", {})
         seeds = state.setdefault("seeds", {})
         seeds["loop"] = s.seed
@@ -197,7 +217,12 @@ class ActiveLearningLoop:
         return pool, latest, state, initial, fresh
 
     def run(self) -> list[CycleResult]:
-        """Run the remaining cycles; returns one :class:`CycleResult` per cycle run here."""
+        """Run the remaining cycles; returns one :class:`CycleResult` per cycle run here.
+        The run folder is locked for the whole run (:mod:`mtal.loop.guard`)."""
+        with locked_run_folder(self.run_dir):
+            return self._run()
+
+    def _run(self) -> list[CycleResult]:
         s, dm = self.settings, self.datamodule
         if not s.verbose:  # one fresh Trainer per cycle would repeat its banners every time
             for name in (
@@ -205,8 +230,17 @@ class ActiveLearningLoop:
                 "lightning.fabric.utilities.rank_zero",
             ):
                 logging.getLogger(name).setLevel(logging.WARNING)
+        newest = self.folder.latest_pool_cycle()
+        identity = check_identity(  # a rerun with other settings stops here (issue 13)
+            self.run_dir,
+            {"loop": asdict(s), **{k: v for k, v in self.config.items() if k != "loop"}},
+            latest=newest or 0,
+            fresh=newest is None,
+            allow_change=s.allow_config_change,
+        )
         pool, latest, state, initial, fresh = self._prepare()
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        identity.record()
         if fresh:
             self._write_state(state)
             save_weights(initial, self.init_path)
@@ -228,10 +262,12 @@ class ActiveLearningLoop:
             notes=s.description,
         )
         results: list[CycleResult] = []
+        clock = Clock(s.cycles - latest)  # elapsed and ETA on every cycle line
         try:
             for ran, cycle in enumerate(range(latest, s.cycles)):
                 if s.stop_after is not None and ran >= s.stop_after:
                     break
+                mark_cycle(cycle)
                 start = time.perf_counter()
                 state["seeds"][f"fit_cycle_{cycle}"] = derive_seed(s.seed, "fit", cycle)
                 state["step_offsets"][str(cycle)] = self._step_offset(cycle)
@@ -245,6 +281,8 @@ class ActiveLearningLoop:
                 crash_point("after_fit")
                 if cycle == s.cycles - 1:
                     results.append(CycleResult(cycle, metrics, 0))
+                    break
+                if self.oracle.request(self, cycle, pool, budget, state):  # human: stop for labels
                     break
                 strategy_state = copy.deepcopy(state["strategy_state_at"][str(cycle)])
                 crash_point("before_select")
@@ -265,7 +303,7 @@ class ActiveLearningLoop:
                 self.progress(
                     f"[mtal] cycle {cycle}: {metrics.get(s.monitor, float('nan')):.4f} {s.monitor}; "
                     f"bought {len(selection.pairs)} labels on {len(selection.images)} images "
-                    f"({time.perf_counter() - start:.1f}s)"
+                    f"({time.perf_counter() - start:.1f}s; cycles {clock.lap()})"
                 )
                 results.append(CycleResult(cycle, metrics, len(selection.pairs)))
         except BaseException:
@@ -303,7 +341,7 @@ class ActiveLearningLoop:
             self.module.load_state_dict(load_weights(self.weights_path(cycle - 1)))
         stats = pool_stats(pool)
         offset = int(state["step_offsets"][str(cycle)])
-        callback = ActiveLoop(cycle, stats, monitor=s.monitor, mode=s.monitor_mode)
+        callback = CycleTracker(cycle, stats, monitor=s.monitor, mode=s.monitor_mode)
         wrapped = OffsetLogger(logger, offset) if logger is not None else False
         trainer = self.make_trainer(callbacks=[callback], logger=wrapped)
         trainer.fit(self.module, datamodule=self.datamodule)
@@ -330,26 +368,35 @@ class ActiveLearningLoop:
         state: dict[str, Any],
         strategy_state: dict[str, Any],
     ) -> Selection:
-        """Select with the loop's strategy; torch/numpy are reseeded from (seed, cycle)
-        first, so MC dropout or auto-encoder training do not depend on what ran before."""
-        from mtal.acquisition.base import AcquisitionContext
+        """Select with the loop's strategy through :meth:`ActiveLoop.select` (the code the
+        callback uses): torch/numpy are reseeded from (seed, cycle) first, so MC dropout
+        or auto-encoder training do not depend on what ran before. With W&B the request
+        and the AL curve so far are logged."""
+        from mtal.tracking import log_request
 
         net = getattr(self.module, "net", self.module)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         net.to(device)
-        seed = derive_seed(self.settings.seed, "select", cycle)
-        state["seeds"][f"select_cycle_{cycle}"] = seed
-        seed_everything(seed, workers=True, verbose=False)
-        ctx = AcquisitionContext(
-            model=net,
-            tasks=dict(self.module.task_objects),
+        acquirer = ActiveLoop(self.strategy, seed=self.settings.seed)
+        state["seeds"][f"select_cycle_{cycle}"] = acquirer.select_seed(cycle)
+        selection = acquirer.select(
+            self.module,
+            self.datamodule,
+            cycle,
+            budget=budget,
             pool=pool,
-            datamodule=self.datamodule,
-            device=device,
-            cycle=cycle,
-            seed=seed,
             state=strategy_state,
+            device=device,
+            cost=cost_budget(self.settings, pool.tasks),
         )
-        selection = self.strategy.select(ctx, budget)
         net.to("cpu")
+        if self.settings.logger == "wandb":
+            log_request(
+                None,
+                selection,
+                pool,
+                self.datamodule.train_dataset,
+                cycle + 1,
+                curve=self.metrics.rows(),
+            )
         return selection

@@ -64,8 +64,8 @@ class MetricsTable:
         if not self.path.exists():
             return []
         try:
-            with self.path.open(newline="", encoding="utf-8") as handle:
-                rows = list(csv.DictReader(handle))
+            text = self.path.read_text(encoding="utf-8")
+            rows = list(csv.DictReader(io.StringIO(text, newline="")))
             for r in rows:
                 int(r["cycle"])
         except (csv.Error, KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
@@ -73,6 +73,7 @@ class MetricsTable:
                 f"{self.path} is not an mtal metrics table (a 'cycle' column of integers): "
                 f"{exc!r}; restore it or delete the run folder to restart deliberately"
             ) from exc
+        _check_table(self.path, text, rows)
         return rows
 
     def row(self, cycle: int) -> dict[str, str] | None:
@@ -94,6 +95,28 @@ class MetricsTable:
         atomic_write_bytes(self.path, buffer.getvalue().encode())
 
 
+def _check_table(path: Path, text: str, rows: list[dict[str, Any]]) -> None:
+    """Refuse a table that was cut or edited: every row has every cell, each cycle once,
+    and the file ends with the newline every write ends with."""
+    problem = "" if not text or text.endswith("\n") else "the last line is cut short"
+    seen: set[int] = set()
+    for line, row in enumerate(rows, start=2):
+        if problem:
+            break
+        if None in row or any(v is None for v in row.values()):
+            problem = f"line {line} has {len([v for v in row.values() if v is not None])} "
+            problem += f"cells, the header {len([k for k in row if k is not None])}"
+        elif int(row["cycle"]) in seen:
+            problem = f"line {line} repeats cycle {row['cycle']}"
+        seen.add(int(row["cycle"]))
+    if problem:
+        raise StateFileError(
+            f"{path} is damaged ({problem}; truncated or edited?); restore it from backup, "
+            f"or delete its damaged rows and the matching cycle_<c>/weights.pt so the rerun "
+            f"fits those cycles again"
+        )
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, torch.Tensor):
         value = value.item()
@@ -108,9 +131,25 @@ def write_selection_csv(
     pool: LabelPool,
     dataset: Any,
     cycle: int,
+    *,
+    replace: bool = False,
 ) -> None:
     """The labelling team's request: one row per image with the tasks to label and the
-    per-task scores (written atomically)."""
+    per-task scores (written atomically). An existing request with other content is
+    never replaced (labels may already be paid for) unless ``replace``."""
+    data = selection_csv(selection, pool, dataset, cycle).encode()
+    if not replace and path.exists() and path.read_bytes() != data:
+        raise StateFileError(
+            f"{path} already holds another request for cycle {cycle} (a team may be "
+            f"labelling it), and this rerun selected differently; resume with the settings "
+            f"of the run that wrote it (see config.yaml), or move the file away to discard "
+            f"that request deliberately"
+        )
+    atomic_write_bytes(path, data)
+
+
+def selection_csv(selection: Selection, pool: LabelPool, dataset: Any, cycle: int) -> str:
+    """The text of the request CSV (see :func:`write_selection_csv`)."""
     tasks = list(pool.tasks)
     buffer = io.StringIO()
     columns = ["cycle", "image_index", "image_id", "image_path", "tasks"]
@@ -140,7 +179,7 @@ def write_selection_csv(
             weight = selection.weights[row_index, k] if selection.weights is not None else None
             row[f"weight_{task}"] = "" if weight is None else repr(float(weight))
         writer.writerow(row)
-    atomic_write_bytes(path, buffer.getvalue().encode())
+    return buffer.getvalue()
 
 
 def pool_stats(pool: LabelPool) -> dict[str, float]:
@@ -151,6 +190,49 @@ def pool_stats(pool: LabelPool) -> dict[str, float]:
         "labels": float(pool.num_labels),
         "labelled_fraction": float(pool.num_labels) / float(n * k),
     }
+
+
+def check_pool_sense(pool: LabelPool, path: Path, latest: int) -> None:
+    """Refuse a pool file that passes its checksum but cannot come from this run: a
+    labelled pair needs a cycle in [0, latest] and a finite, non-negative weight."""
+    labelled = pool.labelled
+    problems = []
+    cycles = pool.cycle[labelled]
+    if cycles.size and (cycles.min() < 0 or cycles.max() > latest):
+        problems.append(
+            f"labels bought at cycle(s) {sorted(set(cycles.tolist()) - set(range(latest + 1)))}"
+            f" (the file is cycle {latest})"
+        )
+    weights = pool.weight[labelled]
+    if weights.size and not (np.isfinite(weights).all() and (weights >= 0).all()):
+        problems.append("NaN, infinite or negative weights s_k of labelled pairs")
+    if problems:
+        raise StateFileError(
+            f"{path} holds {'; '.join(problems)}; restore it from backup or delete the run "
+            f"folder to restart deliberately"
+        )
+
+
+def check_run_location(settings: Any) -> None:
+    """Refuse a ``loop.experiment``/``loop.name`` that would place the run folder outside
+    ``loop.runs_dir`` (``..``, path separators, absolute paths)."""
+    from mtal.loop.settings import run_dir_for
+
+    for name, value in (("loop.experiment", settings.experiment), ("loop.name", settings.name)):
+        if value is None:
+            continue
+        if value in ("", ".", "..") or "/" in value or "\\" in value or value != value.strip():
+            raise ValueError(
+                f"{name}={value!r}: use a plain folder name (letters, digits, '-', '_', '.'), "
+                f"not a path; the run folder must stay inside loop.runs_dir="
+                f"{settings.runs_dir!r}"
+            )
+    runs = Path(settings.runs_dir).resolve()
+    if not run_dir_for(settings).resolve().is_relative_to(runs):
+        raise ValueError(
+            f"the run folder {run_dir_for(settings)} lies outside loop.runs_dir={runs}; "
+            f"check loop.experiment, loop.name and loop.strategy"
+        )
 
 
 def is_number(value: str) -> bool:

@@ -24,6 +24,7 @@ BUILTIN_TASKS: dict[str, tuple[str, str]] = {
     "normals": ("mtal.tasks.normals", "NormalsTask"),
     "edge": ("mtal.tasks.edge", "EdgeTask"),
     "saliency": ("mtal.tasks.saliency", "SaliencyTask"),
+    "boxes": ("mtal.tasks.boxes", "BoxesTask"),
 }
 
 

@@ -18,6 +18,10 @@ saliency   1            float32 ``B×1×H×W`` {0,1}   255
 
 Model outputs are *raw* (logits for classification/binary tasks, unconstrained for
 regression) at the target resolution; ``activate`` maps them to prediction space.
+
+``boxes`` (:mod:`mtal.tasks.boxes`, kind ``"detection"``) is the one non-dense task: its
+target is a per-sample dict ``{"boxes": N×4, "labels": N}`` (batches carry a list), its
+raw output a dense map at the head's stride, and its loss is still per sample ``[B]``.
 """
 
 from __future__ import annotations

@@ -448,7 +448,12 @@ class MultiTaskModule(L.LightningModule):
             losses = torch.where(mask, per_sample[:, k], per_sample.new_zeros(()))
             self.eval_losses[stage][t].update(losses, mask.to(losses.dtype))
             if bool(mask.any()):
-                self.eval_metrics[stage][t].update(out.final[t][mask], batch["targets"][t][mask])
+                target = batch["targets"][t]
+                if isinstance(target, list):  # per-sample targets (boxes): select by mask
+                    target = [x for x, keep in zip(target, mask.tolist()) if keep]
+                else:
+                    target = target[mask]
+                self.eval_metrics[stage][t].update(out.final[t][mask], target)
 
     def _global_count(self, count: int) -> int:
         """``count`` summed over DDP ranks, so every rank takes the same compute branch."""
