@@ -410,6 +410,84 @@ def mtal_breakdown(setting: Setting) -> tuple[str, float]:
     return "\n".join(lines), total / ref
 
 
+# -- MC-dropout breakdown (partal / rbal) ---------------------------------------------
+#: MC strategies of the breakdown: label → (model variant, use ground-truth substitution)
+MC_CASES = {"rbal": ("padnet", False), "partal": ("padnet+gt_substitution", True)}
+MC_TARGET = 2.0  # MC scoring at S=8 must cost <= 2 plain inference passes
+
+
+def _mc_summary(ctx: AcquisitionContext, batch: dict[str, Any], s: int, gt: bool, old: bool):
+    """One batch's MC uncertainty summary: the ``mc_samples`` path (``old=False``) or the
+    previous path, the whole batch replicated S times through the network (``old=True``)."""
+    extra: dict[str, Any] = {}
+    if gt:
+        extra = {"gt": dict(batch["targets"]), "gt_mask": batch["labelled"]}
+    if old:
+        out = scoring._replicate({"image": batch["image"], **extra}, s)
+        out = ctx.model(out.pop("image"), mc_dropout=True, **out)
+    else:
+        out = scoring.mc_forward(ctx, batch, s, **extra)
+    b = batch["image"].shape[0]
+    cols = [
+        ctx.tasks[n].mc_uncertainty(out.final[n].reshape(s, b, *out.final[n].shape[1:]))
+        for n in ctx.tasks
+    ]
+    return torch.stack(cols, dim=1)
+
+
+def mc_breakdown(setting: Setting, rounds: int = 3) -> tuple[str, dict[str, float]]:
+    """MC-dropout scoring per batch, interleaved with the plain forward on the same
+    batches (``rounds`` repeats; min and median of the per-round ratios): the
+    ``mc_samples`` path (trunk once) vs the previous replicated batch. Also checks both
+    paths give the same uncertainties for the same seed."""
+    s = setting.mc_samples
+    lines = [
+        f"MC-dropout scoring (S={s}), {setting.breakdown_images} unlabelled images, batches "
+        f"loaded once; per round each batch runs plain forward, the mc_samples path and the "
+        f"replicated-batch path back to back; ratio = CPU s / plain-forward CPU s; {rounds} "
+        "rounds (min / median over rounds):",
+        "",
+        "| strategy | plain forward (CPU s, median) | mc_samples path / plain (min / median) "
+        "| replicated batch / plain (min / median) | speed-up | max abs diff of u |",
+        "|---|---|---|---|---|---|",
+    ]
+    best: dict[str, float] = {}
+    for label, (variant, gt) in MC_CASES.items():
+        ctx = build(setting, setting.breakdown_images, MODELS[variant], cache=True)
+        unl = np.asarray(ctx.pool.unlabelled_images())
+        plain_pass(ctx, np.arange(ctx.num_images))  # render + warm up
+        batches = list(ctx.datamodule.pool_loader(unl, with_labels=gt))
+        ratios: dict[str, list[float]] = {"new": [], "old": []}
+        plains: list[float] = []
+        diff = 0.0
+        with scoring.eval_mode(ctx.model), torch.inference_mode():
+            for r in range(rounds):
+                clocks = {k: Clock() for k in ("plain", "new", "old")}
+                for i, batch in enumerate(batches):
+                    with clocks["plain"].measure():
+                        ctx.model(batch["image"])
+                    with clocks["new"].measure(), scoring.seeded_torch(r * 1000 + i):
+                        u_new = _mc_summary(ctx, batch, s, gt, old=False)
+                    with clocks["old"].measure(), scoring.seeded_torch(r * 1000 + i):
+                        u_old = _mc_summary(ctx, batch, s, gt, old=True)
+                    diff = max(diff, float((u_new - u_old).abs().max()))
+                plains.append(clocks["plain"].cpu)
+                for k in ratios:
+                    ratios[k].append(clocks[k].cpu / clocks["plain"].cpu)
+        new, old = np.asarray(ratios["new"]), np.asarray(ratios["old"])
+        best[label] = float(np.median(new))
+        lines.append(
+            f"| {label} (S={s}) | {np.median(plains):.2f} | **{new.min():.2f}× / "
+            f"{np.median(new):.2f}×** | {old.min():.2f}× / {np.median(old):.2f}× | "
+            f"{np.median(old) / np.median(new):.1f}× | {diff:.1e} |"
+        )
+    verdict = ", ".join(
+        f"{k} {v:.2f}× ({'met' if v <= MC_TARGET else 'NOT met'})" for k, v in best.items()
+    )
+    lines += ["", f"Target MC scoring ≤ {MC_TARGET:.0f}× one plain pass (median): {verdict}."]
+    return "\n".join(lines), best
+
+
 # -- part 2: memory -------------------------------------------------------------------
 def output_bytes_per_image(ctx: AcquisitionContext, committee: int) -> int:
     """Bytes of one image's full-resolution outputs (final, initial, committee members)
@@ -528,6 +606,9 @@ def main() -> None:
     parser.add_argument("--threads", default="auto", help="torch threads: auto, 1 or 2")
     parser.add_argument("--skip-memory", action="store_true", help="part 1 only")
     parser.add_argument("--n", type=int, default=None, help="unlabelled images for part 1")
+    parser.add_argument(
+        "--mc-only", action="store_true", help="only the MC-dropout (partal/rbal) breakdown"
+    )
     args = parser.parse_args()
     setting = QUICK if args.quick else FULL
     if args.n is not None:
@@ -541,8 +622,13 @@ def main() -> None:
         f"load average {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}",
         flush=True,
     )
+    if args.mc_only:
+        print(mc_breakdown(setting)[0])
+        print(f"\ntotal runtime {time.perf_counter() - start:.0f} s (wall)")
+        return
     rows = bench_time(setting)
     breakdown, interleaved = mtal_breakdown(setting)
+    mc_table, _ = mc_breakdown(setting)
     memory = None if args.skip_memory else bench_memory(setting, threads)
     print()
     print(time_table(rows, setting, threads))
@@ -550,6 +636,8 @@ def main() -> None:
     print(mtal_verdict(rows, interleaved))
     print()
     print(breakdown)
+    print()
+    print(mc_table)
     if memory is not None:
         print()
         print(memory_table(memory, setting))

@@ -202,3 +202,58 @@ def test_set_faiss_threads_and_fork_child_single_threaded() -> None:
     np.testing.assert_allclose(dist, ref_nearest(q, k), rtol=1e-5, atol=1e-4)
     search.set_faiss_threads(1)
     assert faiss.omp_get_max_threads() == 1
+
+
+# ---------------------------------------------------------------- labelled-set initialisation
+
+
+def _float64_min(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    x64 = x.astype(np.float64)
+    return ((x64[:, None, :] - x64[centres][None, :, :]) ** 2).sum(-1).min(1)
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e3, -1e4])
+def test_gemm_initial_min_has_the_exact_difference_error_bound(offset: float) -> None:
+    # a far-off mean breaks a plain norm expansion (centring must fix it); two clusters
+    # ±offset apart keep centred norms large, so the GEMM's nearest centre is often wrong
+    # and only the exact re-computation over all near centres gives the bound
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 24))
+    if offset < 0:
+        x[::2, 0] += offset
+    x = (abs(offset) + x).astype(np.float32)
+    centres = rng.choice(400, size=60, replace=False)
+    # points exactly between two centres: two candidate nearest centres (the refine branch)
+    mid = ((x[centres[0]].astype(np.float64) + x[centres[1]]) / 2).astype(np.float32)
+    x[5] = mid
+    got = search._gemm_running_min(x, centres).astype(np.float64)
+    ref = _float64_min(x, centres)
+    bound = search._direct_rtol(x.shape[1]) * ref + 1e-30
+    assert np.all(np.abs(got - ref) <= bound), np.max(np.abs(got - ref) / (ref + 1e-30))
+    assert np.all(got[centres] == 0.0)  # exact-difference zeros stay exact
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_k_center_many_labelled_far_offset_matches_bruteforce(backend: str) -> None:
+    rng = np.random.default_rng(7)
+    x = (500.0 + rng.normal(size=(600, 12))).astype(np.float32)
+    x[300:310] = x[0]  # duplicates of a labelled point
+    mask = np.zeros(600, dtype=bool)
+    mask[rng.choice(600, size=150, replace=False)] = True
+    mask[0] = True
+    got = search.k_center_greedy(x, mask, 30, backend=backend)
+    assert got.tolist() == ref_k_center(x, mask, 30, 0)
+
+
+def test_device_cpu_forces_cpu_and_cuda_is_checked() -> None:
+    x, mask = random_case(3, n=200)
+    picks = search.k_center_greedy(x, mask, 10, device="cpu")
+    assert picks.tolist() == ref_k_center(x, mask, 10, 0)
+    got = search.nearest_distance(x[:20], x[20:], device="cpu")
+    np.testing.assert_allclose(got, ref_nearest(x[:20], x[20:]), rtol=1e-5, atol=1e-3)
+    assert search.resolve_backend("k_center_greedy", device="cpu") == "faiss"
+    with pytest.raises(ValueError, match="expected one of"):
+        search.k_center_greedy(x, mask, 1, device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="sees no CUDA GPU"):
+            search.nearest_distance(x, x, device="cuda")

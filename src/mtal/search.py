@@ -45,6 +45,8 @@ _U32 = float(np.finfo(np.float32).eps) / 2
 _TORCH_UPDATE_ROWS_CPU = 512
 #: float elements per chunk of a query×key distance block (64 MiB of float32)
 _BLOCK_ELEMS = 1 << 24
+#: elements of one point×centre block of the labelled-set GEMM initialisation (8 MiB f64)
+_GEMM_BLOCK_ELEMS = 1 << 20
 
 
 # --------------------------------------------------------------------------- faiss
@@ -98,9 +100,12 @@ def set_faiss_threads(n: int) -> None:
     _FAISS_STATE.threads_set_in = os.getpid()
 
 
-def _faiss_gpu_resources(faiss: Any) -> Any | None:
-    """One cached ``StandardGpuResources`` when faiss sees a GPU, else None."""
-    if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
+def _faiss_gpu_resources(faiss: Any, device: str = "auto") -> Any | None:
+    """One cached ``StandardGpuResources`` when faiss sees a GPU (and ``device`` is not
+    'cpu'), else None."""
+    if device == "cpu" or not hasattr(faiss, "StandardGpuResources"):
+        return None
+    if faiss.get_num_gpus() < 1:
         return None
     if _FAISS_STATE.gpu_resources is None:
         _FAISS_STATE.gpu_resources = faiss.StandardGpuResources()
@@ -122,10 +127,27 @@ def _to_numpy32(x: Any, name: str) -> np.ndarray:
     return arr
 
 
-def _torch_device() -> torch.device:
+#: the devices a search may be asked to run on ('auto': the GPU when one is present)
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _check_device(device: str) -> str:
+    """``device`` validated: one of :data:`DEVICES`, 'cuda' only where CUDA is available."""
+    if device not in DEVICES:
+        raise ValueError(f"mtal.search: device={device!r}; expected one of {list(DEVICES)}")
+    if device == "cuda" and not _has_cuda():
+        raise ValueError(
+            "mtal.search: device='cuda' but torch sees no CUDA GPU; use device='auto' or 'cpu'"
+        )
+    return device
+
+
+def _torch_device(device: str = "auto") -> torch.device:
     import torch
 
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
 
 
 # --------------------------------------------------------------------------- k-center kernels
@@ -136,6 +158,9 @@ class _RunningMin(Protocol):
 
     def update(self, j: int) -> None:
         """min-in-place with the squared distances of all points to point ``j``."""
+
+    def init(self, centres: np.ndarray) -> None:
+        """min-in-place with the distances to every point of ``centres`` (labelled set)."""
 
     def exclude(self, idx: np.ndarray) -> None:
         """Mark points as centres: they can never be picked again."""
@@ -162,11 +187,11 @@ def _direct_rtol(dim: int) -> float:
 class _TorchRunningMin:
     """Running min on the torch device, exact-difference formulation ``Σ (x − c)²``."""
 
-    def __init__(self, x: np.ndarray) -> None:
+    def __init__(self, x: np.ndarray, device: str = "auto") -> None:
         import torch
 
         self._torch = torch
-        self.x = torch.from_numpy(x).to(_torch_device())
+        self.x = torch.from_numpy(x).to(_torch_device(device))
         self.rmin = torch.full(
             (x.shape[0],), float("inf"), dtype=torch.float32, device=self.x.device
         )
@@ -180,6 +205,14 @@ class _TorchRunningMin:
             d = (self.x[s : s + self.rows] - c).square_().sum(dim=1)
             view = self.rmin[s : s + self.rows]
             self._torch.minimum(view, d, out=view)
+
+    def init(self, centres: np.ndarray) -> None:
+        if not self.x.is_cuda and len(centres):  # CPU: one float32 GEMM, then exact refinement
+            rmin = _gemm_running_min(self.x.numpy(), centres)
+            self._torch.minimum(self.rmin, self._torch.from_numpy(rmin), out=self.rmin)
+            return
+        for c in centres:  # CUDA: one bandwidth-bound pass per centre on the device
+            self.update(int(c))
 
     def exclude(self, idx: np.ndarray) -> None:
         self.rmin[self._torch.as_tensor(idx, device=self.rmin.device)] = float("-inf")
@@ -200,12 +233,12 @@ class _FaissRunningMin:
     """Running min in numpy; per-step distances by faiss (CPU: ``fvec_L2sqr_ny``,
     exact difference; GPU: ``pairwise_distance_gpu``, norm expansion → absolute slack)."""
 
-    def __init__(self, x: np.ndarray) -> None:
+    def __init__(self, x: np.ndarray, device: str = "auto") -> None:
         self.faiss = _faiss()
         self.x = x
         self.rmin = np.full(x.shape[0], np.inf, dtype=np.float32)
         self.buf = np.empty(x.shape[0], dtype=np.float32)
-        self.res = _faiss_gpu_resources(self.faiss)
+        self.res = _faiss_gpu_resources(self.faiss, device)
         self.rtol = _direct_rtol(x.shape[1])
         self.atol = 0.0
         if self.res is not None:
@@ -226,6 +259,13 @@ class _FaissRunningMin:
             )
         np.minimum(self.rmin, self.buf, out=self.rmin)
 
+    def init(self, centres: np.ndarray) -> None:
+        if self.res is None and len(centres):  # CPU: one float32 GEMM, then exact refinement
+            np.minimum(self.rmin, _gemm_running_min(self.x, centres), out=self.rmin)
+            return
+        for c in centres:
+            self.update(int(c))
+
     def exclude(self, idx: np.ndarray) -> None:
         self.rmin[idx] = -np.inf
 
@@ -236,13 +276,92 @@ class _FaissRunningMin:
         return m, cand[:1] if m == 0.0 and self.atol == 0.0 else cand
 
 
-def _exact_pick(x: np.ndarray, cand: np.ndarray, centres64: np.ndarray) -> int:
-    """Among candidates, the one farthest (float64) from its nearest centre (rows of
-    ``centres64``); lowest index among exact ties."""
-    from scipy.spatial.distance import cdist  # float64 direct differences, no N×C×d temporary
+def _direct_sq(faiss: Any, q: np.ndarray, keys: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """float32 exact-difference ``Σ (q − k)²`` of one point to every row of ``keys``
+    (relative error ≤ (d+2)·u, faiss's SIMD ``fvec_L2sqr_ny``) into ``out[:len(keys)]``."""
+    sp = faiss.swig_ptr
+    buf = out[: keys.shape[0]]
+    faiss.fvec_L2sqr_ny(sp(buf), sp(q), sp(keys), keys.shape[1], keys.shape[0])
+    return buf
 
-    best = cdist(x[cand].astype(np.float64), centres64, "sqeuclidean").min(1)
-    return int(cand[int(np.argmax(best))])  # argmax: first (lowest-index) maximum
+
+def _gemm_running_min(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """float32 min squared distance of every point to the rows ``centres`` of ``x``, with
+    the relative error of the exact-difference form (≤ (d+2)·u), at GEMM speed.
+
+    The labelled set's initial running min is one float32 GEMM on mean-centred features
+    (``‖x‖² + ‖c‖² − 2x·c``, far faster than one pass per centre) whose absolute error is
+    bounded by ``a_i = 2(d+8)·u·(‖x_i‖² + max‖c‖²)`` (dot product γ_d, centring and the
+    combination); every centre within ``2·a_i`` of a point's GEMM minimum may be its true
+    nearest, so the point's value is re-computed by exact differences to those centres
+    (usually one). The result therefore carries the same guarantee as per-centre passes.
+    """
+    faiss = _faiss()
+    dim = x.shape[1]
+    mu = x.mean(axis=0, dtype=np.float64).astype(np.float32)
+    cx = x[centres]
+    cc = cx - mu
+    nc = np.einsum("ij,ij->i", cc, cc, dtype=np.float64)
+    ncmax = float(nc.max())
+    out = np.empty(x.shape[0], dtype=np.float32)
+    scratch = np.empty(len(centres), dtype=np.float32)
+    # rows per block: the rows×L distance block stays ≤ 8 MiB (float64) whatever N and L
+    rows = max(1, min(x.shape[0], _GEMM_BLOCK_ELEMS // max(1, len(centres))))
+    for s in range(0, x.shape[0], rows):
+        xb = x[s : s + rows]
+        xc = xb - mu
+        nx = np.einsum("ij,ij->i", xc, xc, dtype=np.float64)
+        dist = (xc @ cc.T).astype(np.float64)
+        dist *= -2.0
+        dist += nx[:, None]
+        dist += nc[None, :]
+        arg = dist.argmin(axis=1)
+        low = dist[np.arange(len(xb)), arg]
+        slack = 4.0 * (dim + 8) * _U32 * (nx + ncmax)  # 2·a_i
+        diff = xb - cx[arg]
+        out[s : s + len(xb)] = np.einsum("ij,ij->i", diff, diff)  # float32, exact differences
+        near_counts = (dist <= (low + slack)[:, None]).sum(axis=1)
+        for r in np.flatnonzero(near_counts > 1):  # several centres may be the nearest
+            near = np.flatnonzero(dist[r] <= low[r] + slack[r])
+            out[s + r] = _direct_sq(faiss, xb[r], np.ascontiguousarray(cx[near]), scratch).min()
+    return out
+
+
+class _ExactScores:
+    """float64 distance of points to their nearest centre, as the float64 reference
+    computes it, cached per point with the number of centres it covers: a point that is a
+    near-tie candidate again after more picks is re-scored against the new centres only."""
+
+    def __init__(self, x: np.ndarray, centres32: np.ndarray, centres64: np.ndarray) -> None:
+        self.x = x
+        self.centres32 = centres32
+        self.centres64 = centres64
+        self.value = np.full(x.shape[0], np.inf)
+        self.upto = np.zeros(x.shape[0], dtype=np.int64)
+        self.rtol = _direct_rtol(x.shape[1])
+        self.scratch = np.empty(centres32.shape[0], dtype=np.float32)
+
+    def score(self, j: int, count: int) -> float:
+        """Exact float64 min over the first ``count`` centres of point ``j``'s distance."""
+        from scipy.spatial.distance import cdist  # float64 direct differences (the reference's)
+
+        start = int(self.upto[j])
+        if start < count:
+            q64 = self.x[j : j + 1].astype(np.float64)
+            rows = np.arange(start, count)
+            if count - start > 8:  # float32 pass finds the few centres that may be nearest
+                faiss = _faiss()
+                d32 = _direct_sq(faiss, self.x[j], self.centres32[start:count], self.scratch)
+                rows = start + np.flatnonzero(d32 <= float(d32.min()) * (1.0 + self.rtol))
+            new = cdist(q64, self.centres64[rows], "sqeuclidean").min()
+            self.value[j] = min(self.value[j], float(new))
+            self.upto[j] = count
+        return float(self.value[j])
+
+    def pick(self, cand: np.ndarray, count: int) -> int:
+        """The candidate farthest from its nearest centre; lowest index among exact ties."""
+        best = np.array([self.score(int(j), count) for j in cand])
+        return int(cand[int(np.argmax(best))])  # argmax: first (lowest-index) maximum
 
 
 # --------------------------------------------------------------------------- backends
@@ -263,12 +382,21 @@ SEARCH_BACKENDS: Registry[SearchBackend] = Registry("search backend")
 
 @SEARCH_BACKENDS.register("faiss")
 class FaissBackend:
-    """Exact faiss search: ``IndexFlatL2`` (moved to GPU 0 when faiss sees a GPU)."""
+    """Exact faiss search: ``IndexFlatL2`` (moved to GPU 0 when faiss sees a GPU, unless
+    ``device='cpu'``)."""
+
+    def __init__(self, device: str = "auto") -> None:
+        self.device = device
+        if device == "cuda" and not _faiss_has_gpu():
+            raise ValueError(
+                "mtal.search: backend 'faiss' with device='cuda' needs a GPU build of faiss "
+                "(pip install 'mtal[gpu]', i.e. faiss-gpu-cu12); or use backend='torch'"
+            )
 
     def nearest_sq(self, queries: np.ndarray, keys: np.ndarray) -> np.ndarray:
         faiss = _faiss()
         index = faiss.IndexFlatL2(keys.shape[1])
-        res = _faiss_gpu_resources(faiss)
+        res = _faiss_gpu_resources(faiss, self.device)
         if res is not None:
             index = faiss.index_cpu_to_gpu(res, 0, index)
         index.add(keys)
@@ -276,17 +404,21 @@ class FaissBackend:
         return np.maximum(dist[:, 0], 0.0)
 
     def running_min(self, x: np.ndarray) -> _RunningMin:
-        return _FaissRunningMin(x)
+        return _FaissRunningMin(x, self.device)
 
 
 @SEARCH_BACKENDS.register("torch")
 class TorchBackend:
-    """Chunked ``torch.cdist`` (matmul form) + min, on CUDA when available."""
+    """Chunked ``torch.cdist`` (matmul form) + min, on CUDA when available (unless
+    ``device='cpu'``)."""
+
+    def __init__(self, device: str = "auto") -> None:
+        self.device = device
 
     def nearest_sq(self, queries: np.ndarray, keys: np.ndarray) -> np.ndarray:
         import torch
 
-        dev = _torch_device()
+        dev = _torch_device(self.device)
         k = torch.from_numpy(keys).to(dev)
         out = np.empty(queries.shape[0], dtype=np.float32)
         step = max(1, _BLOCK_ELEMS // keys.shape[0])
@@ -296,7 +428,7 @@ class TorchBackend:
         return out**2
 
     def running_min(self, x: np.ndarray) -> _RunningMin:
-        return _TorchRunningMin(x)
+        return _TorchRunningMin(x, self.device)
 
 
 def _has_cuda() -> bool:
@@ -310,27 +442,31 @@ def _faiss_has_gpu() -> bool:
     return _faiss_gpu_resources(faiss) is not None
 
 
-#: What backend "auto" resolves to, per operation. Measured by benchmarks/bench_search.py
-#: (CPU, 1 thread, N=20k, d=512): k-center faiss 26.0 s vs torch 49.1 s (float64
-#: reference 35.8 s); nearest faiss 0.48 s vs torch 0.69 s; so faiss on CPU hosts. On a
-#: GPU host (not measured: no GPU here): torch for k-center (running min stays on the
-#: device; faiss's per-step GPU call copies the points from the host each step) and
-#: faiss-GPU for nearest_distance when faiss sees the GPU, else torch-CUDA.
+#: What backend "auto" resolves to, per operation and device. Measured by
+#: benchmarks/bench_search.py (CPU, 1 thread, N=20k, d=512, loaded host): k-center faiss
+#: 5.4 CPU-s vs torch 12.4 CPU-s (float64 reference 25.8 CPU-s); nearest faiss 0.43 vs torch
+#: 0.63 CPU-s; so faiss on CPU. On a GPU (benchmarks/gpu_check.py; not yet run here): torch
+#: for k-center (the running min stays on the device; faiss's per-step GPU call copies
+#: the points from the host each step) and faiss-GPU for nearest_distance when faiss sees
+#: the GPU, else torch-CUDA.
 _AUTO_RULES: dict[str, Any] = {
-    "nearest_distance": lambda: "faiss" if _faiss_has_gpu() or not _has_cuda() else "torch",
-    "k_center_greedy": lambda: "torch" if _has_cuda() else "faiss",
+    "nearest_distance": lambda gpu: "faiss" if not gpu or _faiss_has_gpu() else "torch",
+    "k_center_greedy": lambda gpu: "torch" if gpu else "faiss",
 }
 
 
-def resolve_backend(operation: str, backend: str = "auto") -> str:
+def resolve_backend(operation: str, backend: str = "auto", device: str = "auto") -> str:
     """The backend name ``backend`` means for ``operation`` ('nearest_distance' or
-    'k_center_greedy'); 'auto' applies the benchmarked rule in ``_AUTO_RULES``."""
+    'k_center_greedy') on ``device`` ('auto': the GPU when present, 'cpu', 'cuda');
+    'auto' applies the benchmarked rule in ``_AUTO_RULES``."""
     if operation not in _AUTO_RULES:
         raise ValueError(
             f"mtal.search.resolve_backend: unknown operation {operation!r}; "
             f"expected one of {sorted(_AUTO_RULES)}"
         )
-    name = _AUTO_RULES[operation]() if backend == "auto" else backend
+    device = _check_device(device)
+    gpu = device == "cuda" or (device == "auto" and _has_cuda())
+    name = _AUTO_RULES[operation](gpu) if backend == "auto" else backend
     SEARCH_BACKENDS.get(name)  # unknown names raise, listing the known ones
     return name
 
@@ -338,14 +474,17 @@ def resolve_backend(operation: str, backend: str = "auto") -> str:
 # --------------------------------------------------------------------------- public API
 
 
-def nearest_distance(queries: Any, keys: Any, *, backend: str = "auto") -> np.ndarray:
+def nearest_distance(
+    queries: Any, keys: Any, *, backend: str = "auto", device: str = "auto"
+) -> np.ndarray:
     """Euclidean (not squared) float32 distance ``[N]`` of each query to its nearest key.
 
     ``keys`` with M = 0 rows gives ``+inf`` for every query (nothing is near). Both
     backends are exact searches in float32 (faiss ``IndexFlatL2`` / torch ``cdist``;
     both use the norm expansion, so tiny distances carry ~sqrt(d·u)·‖x‖ absolute error).
     'auto': faiss on CPU hosts (measured faster, benchmarks/README.md) and when faiss
-    sees a GPU; torch when only torch sees a GPU.
+    sees a GPU; torch when only torch sees a GPU. ``device='cpu'`` keeps the search on
+    the CPU even where a GPU is present ('cuda' insists on the GPU).
     """
     q = _to_numpy32(queries, "queries")
     k = _to_numpy32(keys, "keys")
@@ -354,12 +493,12 @@ def nearest_distance(queries: Any, keys: Any, *, backend: str = "auto") -> np.nd
             f"mtal.search.nearest_distance: queries have dim {q.shape[1]} but keys have dim "
             f"{k.shape[1]}; embed both with the same model/layer"
         )
-    name = resolve_backend("nearest_distance", backend)
+    name = resolve_backend("nearest_distance", backend, device)
     if k.shape[0] == 0:
         return np.full(q.shape[0], np.inf, dtype=np.float32)
     if q.shape[0] == 0:
         return np.empty(0, dtype=np.float32)
-    return np.sqrt(SEARCH_BACKENDS.get(name)().nearest_sq(q, k))
+    return np.sqrt(SEARCH_BACKENDS.get(name)(device).nearest_sq(q, k))
 
 
 def k_center_greedy(
@@ -369,6 +508,7 @@ def k_center_greedy(
     *,
     backend: str = "auto",
     seed: int = 0,
+    device: str = "auto",
 ) -> np.ndarray:
     """Sener & Savarese k-center greedy: ``budget`` indices, each the unlabelled point
     farthest from its nearest centre (labelled points + earlier picks), in pick order.
@@ -379,7 +519,8 @@ def k_center_greedy(
     bound of the max are re-scored in float64 against all centres, so picks equal the
     float64 brute force, lowest index among exact ties. With no labelled point the first
     centre is ``np.random.default_rng(seed).integers(N)`` (``seed`` is unused otherwise).
-    'auto': faiss on CPU (measured faster), torch when CUDA is available.
+    'auto': faiss on CPU (measured faster), torch when CUDA is available; ``device``
+    as in :func:`nearest_distance`. The labelled set's initial minimum is one GEMM on CPU.
     """
     x = _to_numpy32(features, "features")
     if hasattr(labelled_mask, "detach"):
@@ -398,21 +539,25 @@ def k_center_greedy(
             f"mtal.search.k_center_greedy: budget {budget} must be between 0 and the "
             f"{available} unlabelled points available (of {n}); lower the budget"
         )
-    name = resolve_backend("k_center_greedy", backend)
+    name = resolve_backend("k_center_greedy", backend, device)
     if budget == 0:
         return np.empty(0, dtype=np.int64)
 
-    state = SEARCH_BACKENDS.get(name)().running_min(x)
+    state = SEARCH_BACKENDS.get(name)(device).running_min(x)
     centres = np.flatnonzero(mask)
-    # float64 copies of the centre rows, grown as picks are made (for near-tie re-scoring)
+    # float32/float64 copies of the centre rows, grown as picks are made (near-tie re-scoring)
+    centres32 = np.empty((len(centres) + budget, x.shape[1]), dtype=np.float32)
+    centres32[: len(centres)] = x[centres]
     centres64 = np.empty((len(centres) + budget, x.shape[1]), dtype=np.float64)
-    centres64[: len(centres)] = x[centres]
+    centres64[: len(centres)] = centres32[: len(centres)]
     count = len(centres)
     picks: list[int] = []
+    exact = _ExactScores(x, centres32, centres64)
 
     def take(j: int) -> None:
         nonlocal count
         picks.append(j)
+        centres32[count] = x[j]
         centres64[count] = x[j]
         count += 1
         state.update(j)
@@ -421,10 +566,12 @@ def k_center_greedy(
     if count == 0:
         take(int(np.random.default_rng(seed).integers(n)))
     else:
-        for c in centres:
-            state.update(int(c))
+        state.init(centres)
         state.exclude(centres)
     while len(picks) < budget:
         _, cand = state.candidates()
-        take(int(cand[0]) if len(cand) == 1 else _exact_pick(x, cand, centres64[:count]))
+        if len(cand) == 1:
+            take(int(cand[0]))
+        else:
+            take(exact.pick(cand, count))
     return np.asarray(picks, dtype=np.int64)

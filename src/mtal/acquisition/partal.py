@@ -9,11 +9,7 @@ import torch
 
 from mtal.acquisition import STRATEGIES
 from mtal.acquisition.base import AcquisitionContext, Selection, Strategy
-from mtal.acquisition.scoring import forward, stream_summaries
-
-
-def _repeat(x: torch.Tensor, s: int) -> torch.Tensor:
-    return x.repeat(s, *([1] * (x.dim() - 1)))
+from mtal.acquisition.scoring import mc_forward, stream_summaries
 
 
 @STRATEGIES.register("partal")
@@ -23,7 +19,8 @@ class PartAL(Strategy):
 
     ``u_k = Task.mc_uncertainty`` over ``mc_samples`` MC-dropout samples (mean pixel
     entropy for classification, Gaussian entropy of the MC variance for regression),
-    computed in ONE forward of the batch replicated S times. Labels an image already
+    computed in ONE forward that replicates only the dropout-carrying part S times
+    (:func:`~mtal.acquisition.scoring.mc_forward`). Labels an image already
     carries are substituted for the initial predictions (``forward(gt=, gt_mask=)``).
     ``m_k``/``M_k`` are the min/max of ``u_k`` over the unlabelled pairs of task k at the
     first cycle the strategy runs, frozen in ``ctx.state["partal"]`` (so later values may
@@ -60,13 +57,12 @@ class PartAL(Strategy):
         s = self.mc_samples
 
         def summarise(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-            image = batch["image"]
-            b = image.shape[0]
+            b = batch["image"].shape[0]
             extra: dict[str, Any] = {}
             if self.gt_substitution:
-                extra["gt"] = {t: _repeat(v, s) for t, v in batch["targets"].items()}
-                extra["gt_mask"] = _repeat(batch["labelled"], s)
-            out = forward(ctx, {"image": _repeat(image, s)}, mc_dropout=True, **extra)
+                extra["gt"] = dict(batch["targets"])
+                extra["gt_mask"] = batch["labelled"]
+            out = mc_forward(ctx, batch, s, **extra)
             cols = []
             for name in names:
                 raw = out.final[name]

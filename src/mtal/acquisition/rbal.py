@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from mtal.acquisition import STRATEGIES
 from mtal.acquisition.base import AcquisitionContext, Selection, Strategy
-from mtal.acquisition.scoring import forward, stream_summaries
+from mtal.acquisition.scoring import forward, mc_forward, stream_summaries
 
 
 def categorical_entropy(raw: torch.Tensor) -> torch.Tensor:
@@ -60,9 +60,9 @@ class RankBased(Strategy):
     """``s(x) = Σ_k rank_k(u_k(x))``: per-task uncertainty ``u_k`` ranked over the
     candidates (most uncertain = highest rank, ties averaged), ranks summed; buy the
     highest sums. ``u_k`` is ``Task.mc_uncertainty`` of ``mc_samples`` MC-dropout passes
-    (default 8, one forward of the batch replicated S times); with ``mc_samples=1`` it is
-    the pixel-mean entropy of the deterministic prediction, which exists only for
-    categorical and binary tasks.
+    (default 8, one forward replicating only the dropout-carrying part S times); with
+    ``mc_samples=1`` it is the pixel-mean entropy of the deterministic prediction, which
+    exists only for categorical and binary tasks.
     """
 
     name = "rbal"
@@ -95,7 +95,7 @@ class RankBased(Strategy):
                 for name in names:
                     cols.append(DETERMINISTIC_ENTROPY[ctx.tasks[name].kind](out.final[name]))
             else:
-                out = forward(ctx, {"image": image.repeat(s, 1, 1, 1)}, mc_dropout=True)
+                out = mc_forward(ctx, batch, s)
                 for name in names:
                     raw = out.final[name]
                     cols.append(ctx.tasks[name].mc_uncertainty(raw.reshape(s, b, *raw.shape[1:])))

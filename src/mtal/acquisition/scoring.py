@@ -8,6 +8,7 @@ never outlive their batch, so memory does not grow with the pool's pixels.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -125,6 +126,35 @@ def stream_summaries(
 def forward(ctx: AcquisitionContext, batch: Mapping[str, Any], **kwargs: Any) -> Any:
     """Call the context's model on a batch's image with contract keyword arguments."""
     return ctx.model(batch["image"], **kwargs)
+
+
+def accepts_mc_samples(model: torch.nn.Module) -> bool:
+    """Whether ``model.forward`` declares an ``mc_samples`` parameter (mtal's models do:
+    they run the deterministic trunk once and replicate only what carries dropout)."""
+    param = inspect.signature(model.forward).parameters.get("mc_samples")
+    return param is not None and param.kind in (param.KEYWORD_ONLY, param.POSITIONAL_OR_KEYWORD)
+
+
+def _replicate(obj: Any, samples: int) -> Any:
+    """Tensors nested in dicts stacked ``samples`` times on the batch axis (sample-major)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.repeat(samples, *([1] * (obj.dim() - 1)))
+    if isinstance(obj, Mapping):
+        return {k: _replicate(v, samples) for k, v in obj.items()}
+    return obj
+
+
+def mc_forward(
+    ctx: AcquisitionContext, batch: Mapping[str, Any], samples: int, **kwargs: Any
+) -> Any:
+    """``samples`` MC-dropout predictions of every image of ``batch`` in one call; rows of
+    ``final`` are sample-major (``s·B + b``). A model that declares ``mc_samples`` computes
+    its deterministic trunk once; any other gets the image (and ``gt``/``gt_mask``)
+    replicated ``samples`` times — the same dropout masks either way for the same seed."""
+    if accepts_mc_samples(ctx.model):
+        return ctx.model(batch["image"], mc_dropout=True, mc_samples=samples, **kwargs)
+    image = _replicate(batch["image"], samples)
+    return ctx.model(image, mc_dropout=True, **_replicate(kwargs, samples))
 
 
 def embedding_summary(ctx: AcquisitionContext) -> Summarise:

@@ -56,6 +56,35 @@ class MultiTaskNet(nn.Module):
             return None
         return self.loss_pred_module(enc.levels, detach=self.loss_pred_detach)
 
+    @staticmethod
+    def run_head(
+        head: nn.Module, x: Tensor, mc_dropout: bool, samples: int = 1
+    ) -> tuple[Tensor, Tensor]:
+        """``(features, raw)`` of a head; ``samples > 1`` replicates only its dropout →
+        classifier tail, so ``raw`` has ``samples × len(x)`` rows (sample-major)."""
+        if samples == 1:
+            return head(x, mc_dropout)
+        feats = head.features(x)
+        return feats, head.sample(feats, samples, mc_dropout)
+
+    @staticmethod
+    def _check_mc_samples(mc_samples: int, mc_dropout: bool, committee: int = 0) -> int:
+        """Validate the ``mc_samples`` forward argument and return it as an int."""
+        samples = int(mc_samples)
+        if samples < 1:
+            raise ValueError(f"model forward: mc_samples must be >= 1, got {mc_samples}")
+        if samples > 1 and not mc_dropout:
+            raise ValueError(
+                f"model forward: mc_samples={samples} draws MC-dropout samples; pass "
+                "mc_dropout=True with it (without dropout every sample is identical)"
+            )
+        if samples > 1 and committee:
+            raise ValueError(
+                f"model forward: mc_samples={samples} cannot be combined with "
+                f"committee={committee}; score the committee with mc_samples=1"
+            )
+        return samples
+
     def _check_image(self, image: Tensor) -> None:
         if image.ndim != 4 or image.shape[1] != 3:
             raise ValueError(f"model input must be B×3×H×W, got shape {tuple(image.shape)}")

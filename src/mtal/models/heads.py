@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Sequence
 
 import torch
@@ -19,7 +20,29 @@ class MCDropout2d(nn.Dropout2d):
         return F.dropout2d(x, self.p, training=self.training or force, inplace=False)
 
 
-class ConvHead(nn.Module):
+class _SampledHead(nn.Module, abc.ABC):
+    """A head split as ``features(x)`` (deterministic in eval) → ``sample`` (dropout →
+    1×1 classifier), so MC-dropout can replicate only the part that carries dropout."""
+
+    dropout: MCDropout2d
+    classifier: nn.Conv2d
+
+    @abc.abstractmethod
+    def features(self, x: Tensor) -> Tensor:
+        """The pre-dropout feature map (no randomness in eval mode)."""
+
+    def sample(self, feats: Tensor, samples: int = 1, mc_dropout: bool = False) -> Tensor:
+        """Raw output of ``samples`` dropout draws of ``feats`` (B rows) → ``samples·B`` rows,
+        sample-major (row ``s·B + b``): the same masks as ``feats.repeat(samples)`` in one call."""
+        x = feats if samples == 1 else feats.repeat(samples, *([1] * (feats.dim() - 1)))
+        return self.classifier(self.dropout(x, force=mc_dropout))
+
+    def forward(self, x: Tensor, mc_dropout: bool = False) -> tuple[Tensor, Tensor]:
+        feats = self.features(x)
+        return feats, self.sample(feats, 1, mc_dropout)
+
+
+class ConvHead(_SampledHead):
     """``num_convs`` conv3x3-bn-relu blocks → features; MC-dropout → 1×1 conv → raw output.
 
     ``forward`` returns ``(features, raw)`` so the features can feed distillation/diversity.
@@ -41,12 +64,11 @@ class ConvHead(nn.Module):
         self.dropout = MCDropout2d(dropout)
         self.classifier = nn.Conv2d(channels if num_convs else in_channels, out_channels, 1)
 
-    def forward(self, x: Tensor, mc_dropout: bool = False) -> tuple[Tensor, Tensor]:
-        feats = self.body(x)
-        return feats, self.classifier(self.dropout(feats, force=mc_dropout))
+    def features(self, x: Tensor) -> Tensor:
+        return self.body(x)
 
 
-class ASPPHead(nn.Module):
+class ASPPHead(_SampledHead):
     """Light DeepLab-v3 style head: parallel dilated 3×3 convs + image pooling, concat,
     1×1 projection → features; MC-dropout → 1×1 conv → raw output."""
 
@@ -69,12 +91,11 @@ class ASPPHead(nn.Module):
         self.dropout = MCDropout2d(dropout)
         self.classifier = nn.Conv2d(channels, out_channels, 1)
 
-    def forward(self, x: Tensor, mc_dropout: bool = False) -> tuple[Tensor, Tensor]:
+    def features(self, x: Tensor) -> Tensor:
         outs = [branch(x) for branch in self.branches]
         pooled = self.pool(x.mean(dim=(2, 3), keepdim=True))
         outs.append(pooled.expand(-1, -1, *x.shape[-2:]))
-        feats = self.refine(self.project(torch.cat(outs, dim=1)))
-        return feats, self.classifier(self.dropout(feats, force=mc_dropout))
+        return self.refine(self.project(torch.cat(outs, dim=1)))
 
 
 class SpatialAttention(nn.Module):

@@ -59,10 +59,14 @@ class HPS(MultiTaskNet):
         gt: dict[str, Tensor] | None = None,
         gt_mask: Tensor | None = None,
         mc_dropout: bool = False,
+        mc_samples: int = 1,
     ) -> MultiTaskOutput:
         """Predict every task; HPS has no cross-task path, so ``committee`` must be 0 and
-        ``gt``/``gt_mask`` None (use ``padnet`` for those)."""
+        ``gt``/``gt_mask`` None (use ``padnet`` for those). ``mc_samples=S`` (with
+        ``mc_dropout``) returns S dropout samples per image in ``final`` (S·B rows,
+        sample-major) from one pass of the encoder and head bodies."""
         self._check_image(image)
+        samples = self._check_mc_samples(mc_samples, mc_dropout, committee)
         if committee:
             raise ValueError(
                 f"model 'hps' has no cross-task committee (asked committee={committee}); "
@@ -78,7 +82,7 @@ class HPS(MultiTaskNet):
         final: dict[str, Tensor] = {}
         feats: dict[str, Tensor] = {}
         for name in self.task_names:
-            feats[name], raw = self.heads[name](enc.fused, mc_dropout=mc_dropout)
+            feats[name], raw = self.run_head(self.heads[name], enc.fused, mc_dropout, samples)
             final[name] = self.upsample(raw, size)
         return MultiTaskOutput(
             final=final,

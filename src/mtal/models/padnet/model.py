@@ -28,6 +28,11 @@ if TYPE_CHECKING:
 GT_EMBED_MODES = ("add", "replace")
 
 
+def _repeat(x: Tensor, reps: int) -> Tensor:
+    """``x`` stacked ``reps`` times on the batch axis (sample-major), or ``x`` itself."""
+    return x if reps == 1 else x.repeat(reps, *([1] * (x.dim() - 1)))
+
+
 @MODELS.register("padnet")
 class PADNet(MultiTaskNet):
     """PAD-Net: shared encoder → per-task initial branch (features F_t, deep-supervised
@@ -108,25 +113,36 @@ class PADNet(MultiTaskNet):
         gt: dict[str, Tensor] | None = None,
         gt_mask: Tensor | None = None,
         mc_dropout: bool = False,
+        mc_samples: int = 1,
     ) -> MultiTaskOutput:
         """Raw ``final``/``initial`` predictions at input size; ``committee>=1`` also returns
         the committee (members of up to ``committee`` partners); ``gt``/``gt_mask`` (B×K
-        bool, task order) substitute ground truth; ``mc_dropout`` keeps head dropout on."""
+        bool, task order) substitute ground truth; ``mc_dropout`` keeps head dropout on.
+        ``mc_samples=S`` (with ``mc_dropout``): ``final``/``initial`` hold S dropout samples
+        per image (S·B rows, sample-major, the masks of ``image.repeat(S)``); the encoder and
+        every part before the first dropout run once (B rows)."""
         self._check_image(image)
         self._check_committee(committee)
+        samples = self._check_mc_samples(mc_samples, mc_dropout, committee)
         size = image.shape[-2:]
+        batch = image.shape[0]
         enc = self.encoder(image)
         feats: dict[str, Tensor] = {}
         initial_low: dict[str, Tensor] = {}
         for name in self.task_names:
-            feats[name], initial_low[name] = self.initial_heads[name](enc.fused, mc_dropout)
+            feats[name], initial_low[name] = self.run_head(
+                self.initial_heads[name], enc.fused, mc_dropout, samples
+            )
         inputs = self._distillation_inputs(feats, initial_low, gt, gt_mask, size)
         messages = self.distillation.messages(inputs)
         final = {}
         for name in self.task_names:
             others = [a for a in self.task_names if a != name]
             refined = self.distillation.refine(inputs, messages, name, others)
-            final[name] = self.upsample(self.final_heads[name](refined, mc_dropout)[1], size)
+            # refined has B rows (inputs deterministic) or S·B (gt substitution samples them)
+            rep = samples * batch // refined.shape[0]
+            raw = self.run_head(self.final_heads[name], refined, mc_dropout, rep)[1]
+            final[name] = self.upsample(raw, size)
         initial = {n: self.upsample(x, size) for n, x in initial_low.items()}
         members = None
         if committee:
@@ -196,6 +212,8 @@ class PADNet(MultiTaskNet):
         for k, name in enumerate(self.task_names):
             task = self.tasks[name]
             pred = task.activate(initial_low[name])
+            # MC samples (S·B rows) of the initial prediction: feature/gt rows repeat S times
+            reps = pred.shape[0] // feats[name].shape[0]
             if mask is not None and bool(mask[:, k].any()):
                 enc = task.encode_target(gt[name]).to(pred.dtype)  # type: ignore[index]
                 if tuple(enc.shape[-2:]) != tuple(size):
@@ -203,10 +221,10 @@ class PADNet(MultiTaskNet):
                         f"gt[{name!r}] has spatial size {tuple(enc.shape[-2:])}; expected the "
                         f"input image size {tuple(size)}"
                     )
-                enc = F.adaptive_avg_pool2d(enc, pred.shape[-2:])
-                pred = torch.where(mask[:, k].view(-1, 1, 1, 1), enc, pred)
+                enc = _repeat(F.adaptive_avg_pool2d(enc, pred.shape[-2:]), reps)
+                pred = torch.where(_repeat(mask[:, k], reps).view(-1, 1, 1, 1), enc, pred)
             emb = self.embed[name](pred)
-            inputs[name] = feats[name] + emb if self.gt_embed == "add" else emb
+            inputs[name] = _repeat(feats[name], reps) + emb if self.gt_embed == "add" else emb
         return inputs
 
     def _check_gt(
