@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from lightning.pytorch import LightningModule, Trainer, seed_everything
 
+from mtal import distributed
 from mtal.io import StateFileError
 from mtal.loop.callback import ActiveLoop, CycleTracker
 from mtal.loop.crash import crash_point
@@ -81,6 +82,8 @@ class ActiveLearningLoop:
         self.make_trainer = make_trainer
         self.config = dict(config or {})
         self.progress = progress or (lambda _msg: None)
+        if not distributed.is_rank_zero():  # DDP: rank 0 alone speaks and writes
+            self.progress = lambda _msg: None
         self.run_dir = run_dir_for(settings)
         self.folder = RunFolder(self.run_dir)
         self.metrics = MetricsTable(self.folder.metrics_path)
@@ -211,7 +214,7 @@ class ActiveLearningLoop:
         if fresh:
             self._write_state(state)
             save_weights(initial, self.init_path)
-            pool.save(self.pool_path(0))
+            self.folder.save_pool(pool, 0)
             self.progress(
                 f"[mtal] {self.run_dir}: new run, {pool.num_labelled_images} initial images"
             )
@@ -260,7 +263,7 @@ class ActiveLearningLoop:
                     self.selection_path(cycle + 1), selection, bought, dm.train_dataset, cycle + 1
                 )
                 crash_point("before_pool_write")
-                bought.save(self.pool_path(cycle + 1))  # labels are bought from here on
+                self.folder.save_pool(bought, cycle + 1)  # labels are bought from here on
                 crash_point("after_pool_write")
                 pool = bought
                 dm.attach_pool(pool)
@@ -339,7 +342,7 @@ class ActiveLearningLoop:
         from mtal.tracking import log_request
 
         net = getattr(self.module, "net", self.module)
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = distributed.local_device()
         net.to(device)
         acquirer = ActiveLoop(self.strategy, seed=self.settings.seed)
         state["seeds"][f"select_cycle_{cycle}"] = acquirer.select_seed(cycle)
@@ -353,7 +356,12 @@ class ActiveLearningLoop:
             device=device,
         )
         net.to("cpu")
-        if self.settings.logger == "wandb":
+        # DDP: every rank scored its shard and selected on the gathered summaries; rank
+        # 0's selection and strategy state are the ones every rank buys and keeps
+        selection, agreed = distributed.from_rank_zero((selection, strategy_state))
+        strategy_state.clear()
+        strategy_state.update(agreed)
+        if self.settings.logger == "wandb" and distributed.is_rank_zero():
             log_request(
                 None,
                 selection,
