@@ -146,3 +146,22 @@ def rank_zero_writes(func: Callable[..., T]) -> Callable[..., T | None]:
         return None
 
     return wrapper
+
+
+def check_loop_trainer(trainer: Any) -> None:
+    """Refuse a strategy whose launcher runs each fit in child processes that end with it
+    (``ddp_spawn``, ``ddp_fork``, ``ddp_notebook``): ``mtal loop`` scores, selects and
+    continues between fits in the processes that trained, which only ``ddp`` (Lightning
+    re-runs the command on every rank) and external launchers (SLURM, torchrun) keep."""
+    from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+
+    launcher = getattr(trainer.strategy, "launcher", None)
+    if isinstance(launcher, _MultiProcessingLauncher):
+        name = type(trainer.strategy).__name__
+        method = getattr(launcher, "_start_method", "?")
+        raise ValueError(
+            f"trainer.strategy: {name} with start method {method!r} runs every fit in "
+            "child processes that end with it, so `mtal loop` could not score the pool and "
+            "continue in them; use --trainer.strategy ddp (Lightning re-runs the command on "
+            "each rank) or launch the ranks with SLURM/torchrun"
+        )

@@ -311,6 +311,7 @@ class ActiveLearningLoop:
         callback = CycleTracker(cycle, stats, monitor=s.monitor, mode=s.monitor_mode)
         wrapped = OffsetLogger(logger, offset) if logger is not None else False
         trainer = self.make_trainer(callbacks=[callback], logger=wrapped)
+        distributed.check_loop_trainer(trainer)  # DDP: the ranks must outlive the fit
         trainer.fit(self.module, datamodule=self.datamodule)
         assert callback.best_state is not None
         self.module.load_state_dict(callback.best_state)
