@@ -93,15 +93,12 @@ def stream_summaries(
     # -- DDP: shard the pass across ranks, gather the summaries (issue 16 part 3) --
     if sharded and distributed.world_size() > 1:
         block = int(getattr(ctx.datamodule, "eval_batch_size", 0) or 1)
-        return distributed.sharded_summaries(
-            indices,
-            block,
-            seed,
-            lambda part, part_seed: stream_summaries(
-                ctx, part, summarise, with_labels=with_labels,
-                max_values_per_sample=max_values_per_sample, seed=part_seed, sharded=False,
-            ),
-        )
+        options = {"with_labels": with_labels, "max_values_per_sample": max_values_per_sample}
+
+        def local(part: np.ndarray, part_seed: int | None) -> dict[str, torch.Tensor]:
+            return stream_summaries(ctx, part, summarise, seed=part_seed, sharded=False, **options)
+
+        return distributed.sharded_summaries(indices, block, seed, local)
     chunks: dict[str, list[torch.Tensor]] = {}
     seen: list[torch.Tensor] = []
     with eval_mode(ctx.model), seeded_torch(seed, ctx.device), torch.inference_mode():
