@@ -54,6 +54,10 @@ def test_one_process_collectives_are_identities() -> None:
     assert distributed.world_size() == 1 and distributed.is_rank_zero()
     assert distributed.gather_objects({"a": 1}) == [{"a": 1}]
     assert distributed.from_rank_zero(("x", {"k": 2})) == ("x", {"k": 2})
+    # the strategy's cross-cycle state survives the agreement step untouched
+    state = {"partal": {"min": [1.0], "max": [2.0]}}
+    assert distributed.agree_with_rank_zero("sel", state) == "sel"
+    assert state == {"partal": {"min": [1.0], "max": [2.0]}}
     calls: list[tuple[list[int], int | None]] = []
 
     def run(part: np.ndarray, seed: int | None) -> dict[str, torch.Tensor]:

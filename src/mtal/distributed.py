@@ -108,6 +108,16 @@ def from_rank_zero(obj: T) -> T:
     return box[0]
 
 
+def agree_with_rank_zero(selection: T, state: dict[str, Any]) -> T:
+    """Rank 0's ``selection``; the strategy's cross-cycle ``state`` dict is made rank 0's
+    in place (one process, and rank 0 itself, keep theirs as they are)."""
+    chosen, agreed = from_rank_zero((selection, state))
+    if agreed is not state:
+        state.clear()
+        state.update(agreed)
+    return chosen
+
+
 def barrier() -> None:
     """Wait for every rank (no-op in one process)."""
     dist = _dist()

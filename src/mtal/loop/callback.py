@@ -188,7 +188,7 @@ class ActiveLoop(Callback):
         with preserved_rng():
             selection = self.select(pl_module, dm, cycle, device=pl_module.device)
         # DDP: every rank selected on the same gathered summaries; rank 0's result wins
-        selection, self.state = distributed.from_rank_zero((selection, self.state))
+        selection = distributed.agree_with_rank_zero(selection, self.state)
         bought = self.buy(dm, selection, cycle + 1)
         self.history.append(
             Acquisition(cycle + 1, epoch, selection, pool.num_labels, bought.num_labels)

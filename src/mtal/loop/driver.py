@@ -359,9 +359,7 @@ class ActiveLearningLoop:
         net.to("cpu")
         # DDP: every rank scored its shard and selected on the gathered summaries; rank
         # 0's selection and strategy state are the ones every rank buys and keeps
-        selection, agreed = distributed.from_rank_zero((selection, strategy_state))
-        strategy_state.clear()
-        strategy_state.update(agreed)
+        selection = distributed.agree_with_rank_zero(selection, strategy_state)
         if self.settings.logger == "wandb" and distributed.is_rank_zero():
             log_request(
                 None,
