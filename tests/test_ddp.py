@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,27 @@ logging.getLogger("mtal.distributed").setLevel(logging.DEBUG)
 from mtal.cli import main
 sys.exit(main())
 """
+
+
+def run_ranks(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, str]:
+    """Run the launcher in its own session (rank 0 and the rank Lightning starts from it);
+    on a hang the whole session is killed, so no rank outlives the test."""
+    proc = subprocess.Popen(
+        args,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, _ = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"mtal loop under DDP hung for 240 s:\n{out[-4000:]}")
+    return proc.returncode, out
 
 
 def test_shard_ranges_by_hand() -> None:
@@ -83,11 +105,8 @@ def test_ddp_loop_selects_what_one_process_selects(tmp_path: Path) -> None:
     args = [sys.executable, str(script), "loop", *DATA, "--trainer.accelerator", "cpu"]
     args += ["--trainer.devices", "2", "--trainer.strategy", "ddp", "--loop.strategy", "mtal"]
     args += ["--loop.strategy_kwargs", json.dumps(MTAL_FAST), "--loop.runs_dir", str(runs)]
-    done = subprocess.run(
-        args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240, check=False
-    )
-    log = done.stdout + done.stderr
-    assert done.returncode == 0, log[-4000:]
+    returncode, log = run_ranks(args, tmp_path, env)
+    assert returncode == 0, log[-4000:]
     # both ranks took part; each scored its whole-batch share of every pass
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in log
     shares = set(re.findall(r"rank (\d)/2 scores positions \[(\d+), (\d+)\) of (\d+)", log))
