@@ -30,6 +30,9 @@ class ActiveTrainer(Trainer):
 
     def loop(self, model: Any, datamodule: Any, loop: LoopSettings = _DEFAULT_LOOP) -> None:
         """Run (or resume) an active-learning experiment: fit, select, label, repeat."""
+        from mtal.distributed import check_loop_trainer
+
+        check_loop_trainer(self)  # before the run folder is touched: ddp_spawn cannot loop
         settings = loop
         runner = ActiveLearningLoop(
             model, datamodule, settings, self._fresh, config=self.mtal_config or {}

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mtal import distributed
 from mtal.acquisition.base import AcquisitionContext
 from mtal.progress import bar
 
@@ -75,6 +76,7 @@ def stream_summaries(
     with_labels: bool = False,
     max_values_per_sample: int = MAX_VALUES_PER_SAMPLE,
     seed: int | None = None,
+    sharded: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Run ``summarise(batch)`` over ``datamodule.pool_loader(indices)`` in inference mode.
 
@@ -82,11 +84,22 @@ def stream_summaries(
     tensors ``[B, ...]``; they are moved to CPU at once and concatenated. Rows of the
     result follow the order of ``indices``. The model is in eval mode during the pass and
     gets its previous mode back afterwards. ``seed`` seeds torch's RNG for the pass
-    (MC dropout) without disturbing the global state.
+    (MC dropout) without disturbing the global state. Under DDP (``sharded``) each rank
+    scores its whole-batch share and the summaries of all ranks come back in order
+    (:func:`mtal.distributed.sharded_summaries`).
     """
     indices = np.asarray(indices, dtype=np.int64)
     if indices.size == 0:
         return {}
+    # -- DDP: shard the pass across ranks, gather the summaries (issue 16 part 3) --
+    if sharded and distributed.world_size() > 1:
+        block = int(getattr(ctx.datamodule, "eval_batch_size", 0) or 1)
+        options = {"with_labels": with_labels, "max_values_per_sample": max_values_per_sample}
+
+        def local(part: np.ndarray, part_seed: int | None) -> dict[str, torch.Tensor]:
+            return stream_summaries(ctx, part, summarise, seed=part_seed, sharded=False, **options)
+
+        return distributed.sharded_summaries(indices, block, seed, local)
     chunks: dict[str, list[torch.Tensor]] = {}
     seen: list[torch.Tensor] = []
     with eval_mode(ctx.model), seeded_torch(seed, ctx.device), torch.inference_mode():

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 
+from mtal import distributed
 from mtal.loop.adapter import check_datamodule, scoring_network, task_objects
 from mtal.loop.oracle import apply_selection
 from mtal.loop.runfolder import cpu_state, pool_stats
@@ -199,6 +200,8 @@ class ActiveLoop(Callback):
         cycle = int(pool.cycle.max()) if pool.num_labels else 0
         with preserved_rng():
             selection = self.select(pl_module, dm, cycle, device=pl_module.device)
+        # DDP: every rank selected on the same gathered summaries; rank 0's result wins
+        selection = distributed.agree_with_rank_zero(selection, self.state)
         bought = self.buy(dm, selection, cycle + 1)
         self.history.append(
             Acquisition(cycle + 1, epoch, selection, pool.num_labels, bought.num_labels)
@@ -278,3 +281,5 @@ class CycleTracker(Callback):
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.best_state is None:  # no validation ran: the last weights are the best we know
             self.best_state = cpu_state(pl_module)
+        if trainer.world_size > 1:  # DDP: buffers (BatchNorm statistics) differ per rank
+            self.best_state = trainer.strategy.broadcast(self.best_state, src=0)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from lightning.pytorch import LightningModule, Trainer, seed_everything
 
+from mtal import distributed
 from mtal.interrupt import mark_cycle
 from mtal.io import StateFileError
 from mtal.loop.callback import ActiveLoop, CycleTracker
@@ -88,6 +89,8 @@ class ActiveLearningLoop:
         self.make_trainer = make_trainer
         self.config = dict(config or {})
         self.progress = progress or (lambda _msg: None)
+        if not distributed.is_rank_zero():  # DDP: rank 0 alone speaks and writes
+            self.progress = lambda _msg: None
         self.run_dir = run_dir_for(settings)
         self.folder = RunFolder(self.run_dir)
         self.metrics = MetricsTable(self.folder.metrics_path)
@@ -219,6 +222,8 @@ class ActiveLearningLoop:
     def run(self) -> list[CycleResult]:
         """Run the remaining cycles; returns one :class:`CycleResult` per cycle run here.
         The run folder is locked for the whole run (:mod:`mtal.loop.guard`)."""
+        if not distributed.is_rank_zero():  # DDP: rank 0 holds the lock and writes the folder
+            return self._run()
         with locked_run_folder(self.run_dir):
             return self._run()
 
@@ -240,11 +245,12 @@ class ActiveLearningLoop:
         )
         pool, latest, state, initial, fresh = self._prepare()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        identity.record()
+        if distributed.is_rank_zero():
+            identity.record()
         if fresh:
             self._write_state(state)
             save_weights(initial, self.init_path)
-            pool.save(self.pool_path(0))
+            self.folder.save_pool(pool, 0)
             self.progress(
                 f"[mtal] {self.run_dir}: new run, {pool.num_labelled_images} initial images"
             )
@@ -296,7 +302,7 @@ class ActiveLearningLoop:
                     self.selection_path(cycle + 1), selection, bought, dm.train_dataset, cycle + 1
                 )
                 crash_point("before_pool_write")
-                bought.save(self.pool_path(cycle + 1))  # labels are bought from here on
+                self.folder.save_pool(bought, cycle + 1)  # labels are bought from here on
                 crash_point("after_pool_write")
                 pool = bought
                 dm.attach_pool(pool)
@@ -344,6 +350,7 @@ class ActiveLearningLoop:
         callback = CycleTracker(cycle, stats, monitor=s.monitor, mode=s.monitor_mode)
         wrapped = OffsetLogger(logger, offset) if logger is not None else False
         trainer = self.make_trainer(callbacks=[callback], logger=wrapped)
+        distributed.check_loop_trainer(trainer)  # DDP: the ranks must outlive the fit
         trainer.fit(self.module, datamodule=self.datamodule)
         assert callback.best_state is not None
         self.module.load_state_dict(callback.best_state)
@@ -375,7 +382,7 @@ class ActiveLearningLoop:
         from mtal.tracking import log_request
 
         net = getattr(self.module, "net", self.module)
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = distributed.local_device()
         net.to(device)
         acquirer = ActiveLoop(self.strategy, seed=self.settings.seed)
         state["seeds"][f"select_cycle_{cycle}"] = acquirer.select_seed(cycle)
@@ -390,7 +397,10 @@ class ActiveLearningLoop:
             cost=cost_budget(self.settings, pool.tasks),
         )
         net.to("cpu")
-        if self.settings.logger == "wandb":
+        # DDP: every rank scored its shard and selected on the gathered summaries; rank
+        # 0's selection and strategy state are the ones every rank buys and keeps
+        selection = distributed.agree_with_rank_zero(selection, strategy_state)
+        if self.settings.logger == "wandb" and distributed.is_rank_zero():
             log_request(
                 None,
                 selection,

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from mtal.distributed import rank_zero_writes
 from mtal.io import StateFileError, atomic_write_bytes, read_checked_json, write_checked_json
 from mtal.loop.crash import crash_point
 from mtal.tracking import redact
@@ -31,6 +32,7 @@ def cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
 
+@rank_zero_writes  # DDP: only rank 0 writes the run folder
 def save_weights(state: Mapping[str, torch.Tensor], path: Path) -> None:
     """Write a plain tensor state dict atomically (loadable with ``weights_only=True``)."""
     buffer = io.BytesIO()
@@ -80,6 +82,7 @@ class MetricsTable:
         """The row of ``cycle``, or None."""
         return next((r for r in self.rows() if int(r["cycle"]) == cycle), None)
 
+    @rank_zero_writes  # DDP: only rank 0 writes the run folder
     def put(self, row: Mapping[str, Any]) -> None:
         """Insert or replace the row of ``row["cycle"]`` (atomic rewrite)."""
         rows = [r for r in self.rows() if int(r["cycle"]) != int(row["cycle"])]
@@ -125,6 +128,7 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+@rank_zero_writes  # DDP: only rank 0 writes the run folder
 def write_selection_csv(
     path: Path,
     selection: Selection,
@@ -295,11 +299,18 @@ class RunFolder:
             )
         return state
 
+    @rank_zero_writes  # DDP: only rank 0 writes the run folder
     def write_state(self, state: Mapping[str, Any]) -> None:
         """Write ``state.json`` (checksummed, atomic)."""
         crash_point("before_state_write")
         write_checked_json(self.state_path, dict(state), STATE_SCHEMA, STATE_VERSION)
 
+    @rank_zero_writes  # DDP: only rank 0 writes the run folder
+    def save_pool(self, pool: LabelPool, cycle: int) -> None:
+        """Write ``pool/cycle_<c>.json`` (checksummed, atomic)."""
+        pool.save(self.pool_path(cycle))
+
+    @rank_zero_writes  # DDP: only rank 0 writes the run folder
     def write_config(self, config: Mapping[str, Any]) -> None:
         """Write the resolved config (secrets redacted) as ``config.yaml``."""
         import yaml
