@@ -130,6 +130,7 @@ class TableModel(torch.nn.Module):
         embedding: np.ndarray | None = None,
         sigma: Mapping[str, np.ndarray] | None = None,
         big: int = 0,
+        initial: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         super().__init__()
         self.drop = torch.nn.Dropout(0.5)
@@ -139,6 +140,7 @@ class TableModel(torch.nn.Module):
         self.embedding = embedding
         self.sigma = sigma
         self.big = big
+        self.initial = initial
         self.calls: list[dict[str, Any]] = []
         self.outputs: list[weakref.ref] = []
 
@@ -177,7 +179,15 @@ class TableModel(torch.nn.Module):
         )
         if self.big:
             final = {k: v.expand(-1, self.big, -1, -1).clone() for k, v in final.items()}
-        out = MultiTaskOutput(final=final, committee=committee, task_features=feats, embedding=emb)
+        initial = None
+        if self.initial is not None:
+            initial = {
+                k: self._maps(torch.as_tensor(v, dtype=torch.float32), idx, size)
+                for k, v in self.initial.items()
+            }
+        out = MultiTaskOutput(
+            final=final, initial=initial, committee=committee, task_features=feats, embedding=emb
+        )
         for v in final.values():
             self.outputs.append(weakref.ref(v))
         return out
@@ -219,7 +229,9 @@ def test_mtal_inconsistency_matches_hand_computation() -> None:
     }
     model = TableModel(final, committee)
     ctx = make_ctx(model, 6, ["a", "b"], [0, 1])
-    sel = create_strategy("mtal", variant="inconsistency", tie_break="index").select(ctx, 4)
+    sel = create_strategy(
+        "mtal", variant="inconsistency", tie_break="index", anchor="final"
+    ).select(ctx, 4)
     # ŝ_a = |final − member b| = [.5, 0, .5, 2] → s_a = [.25, 0, .25, 1]
     # ŝ_b = [0, 1, 3, .5] → s_b = [0, 1/3, 1, 1/6]; max_k s_k = [.25, 1/3, 1, 1]
     # top 2: images 4 and 5 tie at 1 → lowest index first
@@ -229,10 +241,12 @@ def test_mtal_inconsistency_matches_hand_computation() -> None:
     np.testing.assert_allclose(sel.diagnostics["selected_score"], [1.0, 1.0])
     assert all(c["committee"] == 1 for c in model.calls)
     # with the initial member (final + 99) it dominates: every ŝ_k = 99, s_k = 0 everywhere
+    # (no task ranks), and a constant task keeps loss weight 1.0 (not 0) on bought images
     sel = create_strategy(
-        "mtal", variant="inconsistency", include_initial=True, tie_break="index"
+        "mtal", variant="inconsistency", include_initial=True, tie_break="index", anchor="final"
     ).select(ctx, 4)
-    np.testing.assert_allclose(sel.weights, 0.0)
+    np.testing.assert_allclose(sel.scores, 0.0)
+    np.testing.assert_allclose(sel.weights, 1.0)
     assert sel.images.tolist() == [2, 3]
 
 
@@ -253,9 +267,9 @@ def test_mtal_committee_max_over_all_partner_sets() -> None:
     }
     model = TableModel(final, committee)
     ctx = make_ctx(model, n, names, [0])
-    sel = create_strategy("mtal", variant="inconsistency", committee=2, tie_break="index").select(
-        ctx, 6
-    )
+    sel = create_strategy(
+        "mtal", variant="inconsistency", committee=2, tie_break="index", anchor="final"
+    ).select(ctx, 6)
     unl = np.arange(1, n)
     raw = np.stack(
         [
@@ -291,7 +305,7 @@ def test_mtal_full_score_is_diversity_times_max_task_score(monkeypatch) -> None:
 
     monkeypatch.setitem(mc.VARIANTS, "full", (True, fake_div))
     ctx = make_ctx(model, 6, ["a", "b"], [0, 1])
-    sel = create_strategy("mtal", feature_pool=2).select(ctx, 2)
+    sel = create_strategy("mtal", feature_pool=2, anchor="final").select(ctx, 2)
     # s_a = [.25, 0, .25, 1], s_b = [1/3, 1, 0, 2/3] → max = [1/3, 1, .25, 1]
     # s = div · max = [4/3, 1, .5, .5] → image 2
     assert sel.images.tolist() == [2]
@@ -391,6 +405,7 @@ def make_label_ctx(model: torch.nn.Module, n: int, tasks: list[str], labelled: l
 
 
 def weights_of(ctx: AcquisitionContext, budget: int = 4, **kw: Any):
+    kw.setdefault("anchor", "final")
     return create_strategy("mtal", variant="inconsistency", tie_break="index", **kw).select(
         ctx, budget
     )
@@ -753,3 +768,30 @@ def test_mc_passes_are_seeded_and_leave_global_rng_alone() -> None:
     ctx.seed = 1
     third = create_strategy("rbal", mc_samples=3).select(ctx, 3)
     assert not np.array_equal(first.scores, third.scores)
+
+
+def test_mtal_eq1_anchors_on_the_initial_prediction_by_hand() -> None:
+    # WACV24 Eq. 1: ŝ_k = max_j L_k(ŷ_k initial, ŷ_kj); tasks a, b, c; image 0 labelled
+    initial = {"a": np.array([0, 1, 2, 3.0]), "b": np.zeros(4), "c": np.array([0, 0, 4, 1.0])}
+    final = {t: v + 50 for t, v in initial.items()}  # far away: must not be the anchor
+    committee = {
+        "a": {"initial": initial["a"], "b": np.array([0, 2, 2, 3.0]), "c": [0, 1, 5, 3.0]},
+        "b": {"initial": initial["b"], "a": np.array([0, 0, 1, 0.0]), "c": [0, 2, 0, 0.0]},
+        "c": {"initial": initial["c"], "a": np.array([0, 0, 4, 1.0]), "b": [0, 3, 4, 1.0]},
+    }
+    model = TableModel(final, committee, initial=initial)
+    ctx = make_ctx(model, 4, ["a", "b", "c"], [0])
+    sel = create_strategy("mtal", variant="inconsistency", tie_break="index").select(ctx, 3)
+    # unlabelled 1, 2, 3: ŝ_a = max(|1−2|, |1−1|), max(0, 3), max(0, 0) = [1, 3, 0]
+    # ŝ_b = [max(0, 2), max(1, 0), 0] = [2, 1, 0]; ŝ_c = [max(0, 3), 0, 0] = [3, 0, 0]
+    # s_a = [1/3, 1, 0], s_b = [1, .5, 0], s_c = [1, 0, 0]; max = [1, 1, 0] → image 1
+    assert sel.images.tolist() == [1]
+    np.testing.assert_allclose(sel.scores, [[1 / 3, 1.0, 1.0]], rtol=1e-6)
+    assert all(c.get("committee_mode") == "learnable" for c in model.calls if c.get("committee"))
+    # anchor=final measures against final (= initial + 50): ŝ_k ≈ 50 everywhere, differs
+    fin = create_strategy("mtal", variant="inconsistency", tie_break="index", anchor="final")
+    assert fin.select(ctx, 3).scores.tolist() != sel.scores.tolist()
+    with pytest.raises(ValueError, match="anchor"):
+        create_strategy("mtal", anchor="refined")
+    with pytest.raises(ValueError, match="committee_mode"):
+        create_strategy("mtal", committee_mode="pairs")

@@ -106,6 +106,14 @@ class MultiTaskModule(L.LightningModule):
     last Conv/Linear of ``net.encoder``/``net.backbone``); ``weighting_lr`` is the
     learning rate of learnable weighting parameters (default ``lr``). GradNorm runs in
     manual optimisation, so Trainer gradient clipping/accumulation do not apply to it.
+
+    A network with a learnable committee (PAD-Net ``committee_mode: learnable``) is run
+    with ``committee=<its order>`` in training and :meth:`committee_loss` is added to the
+    total (logged as ``train/committee_loss``; ``train/loss`` includes it). With detached
+    committee inputs the main network's gradients are exactly those of a run without it
+    (norm-based gradient clipping, which sees every parameter, is the one exception).
+    ``train_gt_substitution`` (PartAL, ours to expose; default off) passes the batch's
+    labels as ``gt``/``gt_mask`` to the network in training.
     """
 
     def __init__(
@@ -138,6 +146,7 @@ class MultiTaskModule(L.LightningModule):
         init_from: str | None = None,
         compile: bool = False,
         compile_backend: str = "inductor",
+        train_gt_substitution: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -291,15 +300,23 @@ class MultiTaskModule(L.LightningModule):
         """Training losses of a batch: ``total``, ``task_losses`` (K), ``per_sample`` (B×K,
         final predictions), ``weights`` (effective), ``ll4al`` and the model ``output``."""
         hp = self.hparams
-        out: MultiTaskOutput = self(batch["image"])
         targets = batch["targets"]
         labelled = batch["labelled"].to(torch.bool)
+        order = int(getattr(self.net, "committee_order", 0)) if self._trains_committee() else 0
+        kwargs: dict[str, Any] = {"committee": order} if order else {}
+        if hp.train_gt_substitution:
+            # PartAL option (off by default): teacher-force the labelled tasks' ground truth
+            # into the distillation input during training, as at scoring time
+            kwargs.update(gt=dict(targets), gt_mask=labelled)
+        out: MultiTaskOutput = self(batch["image"], **kwargs)
         per_sample = self._per_sample(out.final, targets)
-        train_ps = per_sample
-        if out.initial is not None and hp.deep_supervision:
-            train_ps = per_sample + hp.deep_supervision * self._per_sample(out.initial, targets)
         weight = batch["weight"] if hp.use_sample_weights else None
-        task_vec = reduce_task_losses(train_ps, labelled, weight)
+        # WACV24 Eq. 5: s_k scales the final-prediction loss only; deep supervision of the
+        # initial predictions is averaged over the labelled samples without s_k
+        task_vec = reduce_task_losses(per_sample, labelled, weight)
+        if out.initial is not None and hp.deep_supervision:
+            initial_ps = self._per_sample(out.initial, targets)
+            task_vec = task_vec + hp.deep_supervision * reduce_task_losses(initial_ps, labelled)
         task_losses = dict(zip(self.task_names, task_vec.unbind(0)))
         total, eff = self.weighting(task_losses)
         ll4al = None
@@ -313,6 +330,9 @@ class MultiTaskModule(L.LightningModule):
                 out.loss_pred, per_sample.detach(), labelled, hp.ll4al_margin
             )
             total = total + hp.ll4al_weight * ll4al
+        committee = self.committee_loss(out, targets, labelled) if order else None
+        if committee is not None:
+            total = total + committee
         if not torch.isfinite(total):
             ids = (
                 batch["index"].tolist() if torch.is_tensor(batch["index"]) else list(batch["index"])
@@ -330,8 +350,33 @@ class MultiTaskModule(L.LightningModule):
             "labelled": labelled,
             "weights": eff,
             "ll4al": ll4al,
+            "committee": committee,
             "output": out,
         }
+
+    def _trains_committee(self) -> bool:
+        return bool(getattr(self.net, "trains_committee", False))
+
+    def committee_loss(
+        self, out: MultiTaskOutput, targets: Mapping[str, Tensor], labelled: Tensor
+    ) -> Tensor:
+        """WACV24 Sec. 3.2: the learnable committee members ŷ_{k,S} are trained on the
+        labelled set with task k's loss, ``Σ_k Σ_S mean_{b labelled for k} L_k(ŷ_{k,S}, y_k)``
+        (no s_k and no task weights: the blocks only serve selection)."""
+        assert out.committee is not None
+        total = labelled.new_zeros((), dtype=torch.float32)
+        for k, t in enumerate(self.task_names):
+            task = self.task_objects[t]
+            for name, raw in out.committee[t].items():
+                if name == "initial":
+                    continue
+                total = (
+                    total
+                    + reduce_task_losses(
+                        task.loss(raw, targets[t]).unsqueeze(1), labelled[:, k : k + 1]
+                    ).sum()
+                )
+        return total
 
     # ------------------------------------------------------------------ training
     def on_train_epoch_start(self) -> None:
@@ -415,6 +460,14 @@ class MultiTaskModule(L.LightningModule):
         for k, t in enumerate(self.task_names):
             self.train_losses[t].update(res["task_losses"][t].detach(), counts[k])
             self.log(f"train/{t}/weight", res["weights"][t], on_step=True, on_epoch=False)
+        if res.get("committee") is not None:
+            self.log(
+                "train/committee_loss",
+                res["committee"].detach(),
+                on_step=True,
+                on_epoch=True,
+                batch_size=batch_size,
+            )
         if res["ll4al"] is not None:
             self.log(
                 "train/ll4al_loss",
