@@ -34,6 +34,8 @@ CASES = [
     ("partal", {}),
     ("mtal", {}),
     ("mtal", {"committee": 2}),
+    ("mtal", {"committee_mode": "shared"}),
+    ("mtal", {"anchor": "final"}),
     ("mtal", {"variant": "inconsistency"}),
     ("mtal", {"variant": "diversity"}),
     ("mtal", {"variant": "maxst"}),
@@ -62,6 +64,7 @@ def setup() -> tuple[ActiveDataModule, torch.nn.Module]:
         backbone="tiny_cnn",
         loss_prediction=True,
         gt_substitution=True,
+        committee_order=2,  # learnable pairs + triplets (mtal committee=2)
     )
     return dm, model
 
