@@ -1,0 +1,143 @@
+"""Loop settings (``loop:`` of a config), their validation, seeds, the run-folder path
+and the budget arithmetic."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from mtal.data.pool import LabelPool
+
+
+@dataclass
+class LoopSettings:
+    """What an active-learning experiment does between fits.
+
+    ``budget`` is per acquisition: a fraction of the training pool's images when < 1,
+    else a count, in ``budget_unit`` ("images": B images × K labels, which pair
+    strategies receive as the same number of labels; "labels": image/task pairs).
+    ``cycles`` counts fits: cycle 0 trains on the initial set, and every cycle but the
+    last ends with an acquisition. A budget the pool cannot pay for over all cycles is
+    an error before anything runs, unless ``clamp_budget`` (then the last acquisitions
+    buy what is left). ``description`` is a free-text note stored (redacted) in
+    config.yaml and sent to W&B as the run's notes.
+    """
+
+    experiment: str = "synthetic"
+    strategy: str = "mtal"
+    #: run-folder name (default: the strategy); e.g. "full" for the fully-trained reference
+    name: str | None = None
+    strategy_kwargs: dict[str, Any] = field(default_factory=dict)
+    cycles: int = 4
+    budget: float = 0.1
+    budget_unit: Literal["images", "labels"] = "images"
+    clamp_budget: bool = False
+    seed: int = 0
+    runs_dir: str = "runs"
+    continuous: bool = True
+    monitor: str = "val/mtl_loss"
+    monitor_mode: Literal["min", "max"] = "min"
+    logger: Literal["wandb", "csv", "none"] = "wandb"
+    wandb_project: str = "mtal"
+    description: str = ""
+    #: show Lightning's per-trainer banners (GPU available, tips); off keeps cycle logs readable
+    verbose: bool = False
+    #: stop after this many cycles in this process (testing crash/resume); None = all
+    stop_after: int | None = None
+
+
+def validate_settings(settings: LoopSettings) -> None:
+    """Raise a ValueError naming the ``loop.*`` field of any setting that cannot work."""
+    from mtal.tracking import LOGGER_KINDS
+
+    checks: list[tuple[bool, str]] = [
+        (settings.cycles >= 1, f"loop.cycles={settings.cycles}: run at least 1 cycle"),
+        (
+            settings.budget > 0,
+            f"loop.budget={settings.budget}: use a fraction in (0, 1) or a positive count",
+        ),
+        (
+            settings.budget_unit in ("images", "labels"),
+            f"loop.budget_unit={settings.budget_unit!r}: choose 'images' or 'labels'",
+        ),
+        (
+            settings.monitor_mode in ("min", "max"),
+            f"loop.monitor_mode={settings.monitor_mode!r}: choose 'min' or 'max'",
+        ),
+        (
+            settings.logger in LOGGER_KINDS,
+            f"loop.logger={settings.logger!r}: choose one of {list(LOGGER_KINDS)}",
+        ),
+        (
+            settings.stop_after is None or settings.stop_after >= 1,
+            f"loop.stop_after={settings.stop_after}: use null or a count >= 1",
+        ),
+        (
+            bool(settings.experiment) and "/" not in settings.experiment,
+            f"loop.experiment={settings.experiment!r}: use a non-empty name without '/'",
+        ),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+
+
+def derive_seed(*parts: int | str) -> int:
+    """A 31-bit seed derived from several parts (stable across runs and platforms)."""
+    digest = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def run_dir_for(settings: LoopSettings) -> Path:
+    """``runs/<experiment>/<strategy>/seed<k>/``."""
+    label = settings.name or settings.strategy
+    sweep_run = os.environ.get("WANDB_RUN_ID") if os.environ.get("WANDB_SWEEP_ID") else None
+    if sweep_run:  # every sweep trial gets its own folder (never resumes another trial)
+        label = f"{label}-{sweep_run}"
+    return Path(settings.runs_dir) / settings.experiment / label / f"seed{settings.seed}"
+
+
+def budget_in_labels(settings: LoopSettings, num_images: int, num_tasks: int) -> int:
+    """The per-cycle budget as a number of labels (image/task pairs)."""
+    amount = settings.budget * num_images if settings.budget < 1 else settings.budget
+    amount = int(round(amount))
+    if amount <= 0:
+        raise ValueError(
+            f"loop.budget={settings.budget} buys nothing for a pool of {num_images} images; "
+            "use a fraction in (0, 1) or a positive count"
+        )
+    return amount * num_tasks if settings.budget_unit == "images" else amount
+
+
+def check_budget(
+    strategy: Any,
+    pool: LabelPool,
+    budget: int,
+    acquisitions: int,
+    clamp: bool,
+) -> None:
+    """Raise when ``acquisitions`` selections of ``budget`` labels each cannot be paid
+    from what ``pool`` has left (unless ``clamp``), before any of them runs."""
+    if acquisitions <= 0:
+        return
+    k = pool.num_tasks
+    if getattr(strategy, "granularity", "image") == "image":
+        per, left, unit = budget // k, len(pool.unlabelled_images()), "fully unlabelled images"
+        if per == 0:
+            raise ValueError(
+                f"a budget of {budget} labels buys no whole image of {k} labels for the "
+                f"image strategy {getattr(strategy, 'name', strategy)!r}; raise loop.budget"
+            )
+    else:
+        per, left, unit = budget, len(pool.unlabelled_pairs()), "unlabelled image/task pairs"
+    if per * acquisitions > left and not clamp:
+        raise ValueError(
+            f"the budget is larger than what is left: {acquisitions} acquisition(s) of {per} "
+            f"{unit} need {per * acquisitions}, but the pool of {pool.num_images} images has "
+            f"only {left} left; lower loop.budget or loop.cycles, or set "
+            f"loop.clamp_budget=true to buy what is left"
+        )
