@@ -83,6 +83,7 @@ class ActiveLearningLoop:
         self.run_dir = run_dir_for(settings)
         self.folder = RunFolder(self.run_dir)
         self.metrics = MetricsTable(self.folder.metrics_path)
+        self.diagnostics: dict[str, float] = {}  # diag/* of the last selection
         try:
             self.strategy = create_strategy(
                 settings.strategy, clamp_budget=settings.clamp_budget, **settings.strategy_kwargs
@@ -250,6 +251,7 @@ class ActiveLearningLoop:
                 crash_point("before_select")
                 selection = self._acquire(cycle, pool, budget, state, strategy_state)
                 crash_point("after_select")
+                self._record_diagnostics(cycle, logger)
                 bought = pool.copy()
                 apply_selection(bought, selection, cycle + 1)
                 state["strategy_state_at"][str(cycle + 1)] = strategy_state
@@ -273,6 +275,16 @@ class ActiveLearningLoop:
             raise
         close_logger(logger)
         return results
+
+    def _record_diagnostics(self, cycle: int, logger: Any) -> None:
+        """Add the last selection's ``diag/*`` numbers to the cycle's metrics row and log."""
+        diag, self.diagnostics = self.diagnostics, {}
+        if not diag:
+            return
+        row = self.metrics.row(cycle) or {"cycle": cycle}
+        self.metrics.put({**row, **diag})
+        if logger is not None:
+            logger.log_metrics(diag, step=int(float(row.get("step", 0))))
 
     def _step_offset(self, cycle: int) -> int:
         """The global step at which ``cycle`` starts: the step of the previous cycle's
@@ -351,5 +363,15 @@ class ActiveLearningLoop:
             state=strategy_state,
         )
         selection = self.strategy.select(ctx, budget)
+        if self.settings.diagnostics:  # after select: the oracle path reads true labels
+            from mtal.diagnostics import acquisition_diagnostics, module_task_weights
+
+            self.diagnostics = acquisition_diagnostics(
+                self.strategy,
+                ctx,
+                module_task_weights(self.module),
+                self.settings.diagnostics_max_images,
+                seed,
+            )
         net.to("cpu")
         return selection

@@ -48,6 +48,11 @@ class LoopSettings:
     verbose: bool = False
     #: stop after this many cycles in this process (testing crash/resume); None = all
     stop_after: int | None = None
+    #: record ``diag/*`` (Spearman of each score vs the true task loss, mtal.diagnostics)
+    #: after every selection; simulation only (reads the scored images' true labels)
+    diagnostics: bool = True
+    #: score-vs-loss correlations on a seeded subsample of at most this many images
+    diagnostics_max_images: int | None = None
 
 
 def validate_settings(settings: LoopSettings) -> None:
@@ -75,6 +80,10 @@ def validate_settings(settings: LoopSettings) -> None:
         (
             settings.stop_after is None or settings.stop_after >= 1,
             f"loop.stop_after={settings.stop_after}: use null or a count >= 1",
+        ),
+        (
+            settings.diagnostics_max_images is None or settings.diagnostics_max_images >= 3,
+            f"loop.diagnostics_max_images={settings.diagnostics_max_images}: use null or >= 3",
         ),
         (
             bool(settings.experiment) and "/" not in settings.experiment,

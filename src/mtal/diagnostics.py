@@ -1,0 +1,155 @@
+"""Acquisition diagnostics: does a selection score predict what the model gets wrong?
+
+In simulation every label is known. After a strategy's ``select()`` has returned (it
+never sees them), the true labels of the images it scored are read through a separate
+oracle path — a fully labelled *copy* of the pool attached to the datamodule for one
+plain forward pass, the datamodule's own pool re-attached afterwards — and the true
+per-sample task loss ``L_k(ŷ_k(x), y_k)`` of the model's final prediction is computed
+with the task's own loss. Recorded (``diag/*``):
+
+- ``diag/<task>/spearman``: Spearman rank correlation over the scored images between the
+  strategy's score of task k and ``L_k`` (for an image strategy without per-task scores,
+  its image score; for a pair strategy, over the images whose task-k pair was scored);
+- ``diag/image/spearman``: the image score against the weighted total ``Σ_k w_k L_k``
+  (``w_k`` the config's task weights; image strategies only);
+- ``diag/scored``: how many images entered the correlations.
+
+A correlation is NaN when fewer than 3 images or a constant column make it undefined.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+#: fewest images a correlation is computed on (below: NaN)
+MIN_IMAGES = 3
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's ρ of the finite pairs of ``x``/``y`` (``scipy.stats.spearmanr``, ties
+    averaged); NaN with fewer than :data:`MIN_IMAGES` pairs or a constant side."""
+    from scipy.stats import spearmanr
+
+    x = np.asarray(x, dtype=np.float64).reshape(-1)
+    y = np.asarray(y, dtype=np.float64).reshape(-1)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if x.size < MIN_IMAGES or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(spearmanr(x, y).statistic)
+
+
+def oracle_task_losses(ctx: Any, images: np.ndarray) -> np.ndarray:
+    """True per-sample losses ``[n, K]`` of the model's final predictions on ``images``
+    (rows follow ``images``), read through a fully labelled copy of ``ctx.pool``; NaN
+    where an image has no valid pixel for a task. ``ctx.pool`` is never modified."""
+    import torch
+
+    from mtal.acquisition.scoring import forward, stream_summaries
+
+    images = np.asarray(images, dtype=np.int64).reshape(-1)
+    names = list(ctx.tasks)
+    if images.size == 0:
+        return np.zeros((0, len(names)))
+    dm = ctx.datamodule
+    if not (hasattr(dm, "attach_pool") and hasattr(dm, "pool")):
+        raise TypeError(
+            f"diagnostics read the true labels through the datamodule, but "
+            f"{type(dm).__name__} has no pool/attach_pool; use mtal.data.ActiveDataModule "
+            "or set loop.diagnostics: false"
+        )
+    oracle = ctx.pool.copy()
+    missing = ~np.asarray(oracle.labelled, dtype=bool)[images]
+    rows, cols = np.nonzero(missing)
+    if rows.size:
+        pairs = np.stack([images[rows], cols], axis=1).astype(np.int64)
+        oracle.label_pairs(pairs, cycle=int(np.max(oracle.cycle, initial=0)) + 1)
+
+    def summarise(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        out = forward(ctx, batch)
+        cols = []
+        for n, task in ctx.tasks.items():
+            target = batch["targets"][n]
+            loss = task.loss(out.final[n], target).reshape(-1).float()
+            if hasattr(task, "valid_mask"):
+                valid = task.valid_mask(target).flatten(1).any(1)
+                loss = torch.where(valid, loss, torch.full_like(loss, float("nan")))
+            cols.append(loss)
+        return {"loss": torch.stack(cols, dim=1)}
+
+    original = dm.pool
+    dm.attach_pool(oracle)
+    try:
+        got = stream_summaries(ctx, images, summarise, with_labels=True)
+    finally:
+        dm.attach_pool(original)
+    return got["loss"].numpy().astype(np.float64)
+
+
+def correlations(
+    scored: Any,
+    losses: np.ndarray,
+    task_names: Sequence[str],
+    weights: Mapping[str, float] | None = None,
+) -> dict[str, float]:
+    """``diag/*`` correlations of a :class:`~mtal.acquisition.base.ScoredPool` against the
+    true losses ``[n, K]`` (rows follow ``scored.images``)."""
+    losses = np.asarray(losses, dtype=np.float64)
+    w = np.array([float((weights or {}).get(t, 1.0)) for t in task_names])
+    out: dict[str, float] = {"diag/scored": float(len(scored.images))}
+    for k, t in enumerate(task_names):
+        col = scored.task_scores[:, k] if scored.task_scores is not None else None
+        if col is None or not np.isfinite(col).any():
+            col = scored.image_score
+        out[f"diag/{t}/spearman"] = float("nan") if col is None else spearman(col, losses[:, k])
+    if scored.image_score is not None:
+        total = np.nansum(losses * w, axis=1)
+        total[~np.isfinite(losses).any(axis=1)] = np.nan
+        out["diag/image/spearman"] = spearman(scored.image_score, total)
+    return out
+
+
+def subsample(scored: Any, max_images: int | None, seed: int) -> Any:
+    """``scored`` restricted to a seeded random subset of at most ``max_images`` rows."""
+    from mtal.acquisition.base import ScoredPool
+
+    n = len(scored.images)
+    if max_images is None or n <= max_images:
+        return scored
+    keep = np.sort(np.random.default_rng(seed).choice(n, size=int(max_images), replace=False))
+    return ScoredPool(
+        scored.images[keep],
+        None if scored.image_score is None else scored.image_score[keep],
+        None if scored.task_scores is None else scored.task_scores[keep],
+    )
+
+
+def acquisition_diagnostics(
+    strategy: Any,
+    ctx: Any,
+    weights: Mapping[str, float] | None = None,
+    max_images: int | None = None,
+    seed: int = 0,
+) -> dict[str, float]:
+    """The ``diag/*`` numbers of ``strategy``'s last ``select(ctx, ...)``: one plain
+    forward over (a seeded subsample of at most ``max_images`` of) the scored images.
+    Empty when the strategy ranked nothing (Core-Set's k-center has no score)."""
+    scored = getattr(strategy, "last_scored", None)
+    if scored is None or len(scored.images) == 0:
+        return {}
+    scored = subsample(scored, max_images, seed)
+    losses = oracle_task_losses(ctx, scored.images)
+    return correlations(scored, losses, list(ctx.tasks), weights)
+
+
+def module_task_weights(module: Any) -> dict[str, float]:
+    """The headline task weights of a :class:`~mtal.training.module.MultiTaskModule`
+    (``loss_weights_for_metric``/``task_weights``, else 1 per task)."""
+    names = list(getattr(module, "task_names", []))
+    buf = getattr(module, "metric_weights", None)
+    if buf is None or len(names) != len(buf):
+        return {t: 1.0 for t in names}
+    return {t: float(v) for t, v in zip(names, buf.tolist())}
