@@ -219,3 +219,46 @@ def test_poisoned_labels_never_change_a_real_strategy_selection(real, name, kw) 
     np.testing.assert_array_equal(poisoned_sel.scores, clean_sel.scores)
     assert read, "the oracle pass must read the unlabelled images' labels"
     assert set(clean_diag) == set(poisoned_diag) and "diag/depth/spearman" in clean_diag
+
+
+def test_diagnose_table_has_every_default_method(real, tmp_path) -> None:
+    from mtal.diagnostics import DIAGNOSE_METHODS, diagnose_rows, format_table, write_csv
+    from mtal.training.module import MultiTaskModule
+
+    dm, _ = real
+    torch.manual_seed(0)
+    module = MultiTaskModule(
+        tasks=list(dm.task_objects),
+        num_classes=dict(dm.num_classes),
+        backbone="tiny_cnn",
+        model_kwargs={"head_channels": 8, "encoder_channels": 8, "gt_substitution": True},
+        task_weights={"semseg": 1.0, "depth": 1.0, "normals": 10.0},
+    )
+    methods = {k: dict(v) for k, v in DIAGNOSE_METHODS.items()}
+    for spec in methods.values():
+        if spec["strategy"] in ("partal", "rbal"):
+            spec["mc_samples"] = 2
+        if spec["strategy"] == "mtal":
+            spec.update(ae_epochs=1, code_dim=8, ae_hidden=4)
+    rows = diagnose_rows(module, dm, methods)
+    by = {r["method"]: r for r in rows}
+    assert list(by) == list(DIAGNOSE_METHODS)
+    scored = 12 - 3  # unlabelled images of the fixture pool
+    for label, r in by.items():
+        if label == "ll4al":  # this network has no loss-prediction module
+            assert r["note"].startswith("skipped: ll4al needs predicted losses"), r
+            continue
+        assert r["diag/scored"] == scored, label
+        assert all(np.isfinite(r[f"diag/{t}/spearman"]) for t in dm.task_objects), label
+        assert ("diag/image/spearman" in r) == (label != "partal"), label  # pairs: per task
+    text = format_table(rows, list(dm.task_objects))
+    assert all(label in text for label in DIAGNOSE_METHODS)
+    write_csv(rows, tmp_path / "d.csv")
+    import csv
+
+    with (tmp_path / "d.csv").open() as handle:
+        got = list(csv.DictReader(handle))
+    assert [g["method"] for g in got] == list(DIAGNOSE_METHODS)
+    assert float(got[0]["diag/depth/spearman"]) == pytest.approx(
+        by[got[0]["method"]]["diag/depth/spearman"]
+    )

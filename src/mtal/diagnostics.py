@@ -153,3 +153,156 @@ def module_task_weights(module: Any) -> dict[str, float]:
     if buf is None or len(names) != len(buf):
         return {t: 1.0 for t in names}
     return {t: float(v) for t, v in zip(names, buf.tolist())}
+
+
+# --------------------------------------------------------------------------- mtal diagnose
+
+#: ``mtal diagnose``'s default rows: label -> {"strategy": name, **strategy kwargs}
+DIAGNOSE_METHODS: dict[str, dict[str, Any]] = {
+    "mtal[initial,learnable]": {
+        "strategy": "mtal",
+        "anchor": "initial",
+        "committee_mode": "learnable",
+    },
+    "mtal[initial,shared]": {"strategy": "mtal", "anchor": "initial", "committee_mode": "shared"},
+    "mtal[final,learnable]": {"strategy": "mtal", "anchor": "final", "committee_mode": "learnable"},
+    "mtal[final,shared]": {"strategy": "mtal", "anchor": "final", "committee_mode": "shared"},
+    "partal": {"strategy": "partal"},
+    "equal": {"strategy": "equal"},
+    "rbal": {"strategy": "rbal"},
+    "ll4al": {"strategy": "ll4al"},
+    "random": {"strategy": "random"},
+}
+
+
+def diagnose_rows(
+    module: Any,
+    datamodule: Any,
+    methods: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    max_images: int | None = None,
+    seed: int = 0,
+    cycle: int = 0,
+) -> list[dict[str, Any]]:
+    """One row per method: select once (the smallest budget) on ``datamodule.pool`` with
+    ``module``'s network, then the ``diag/*`` correlations of everything it scored. A
+    method the network cannot run (e.g. ll4al without a loss-prediction module) gets a
+    row whose ``note`` says why, instead of stopping the table."""
+    import torch
+
+    from mtal.acquisition import create_strategy
+    from mtal.acquisition.base import AcquisitionContext
+
+    net = getattr(module, "net", module)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    net.to(device)
+    weights = module_task_weights(module)
+    tasks = dict(module.task_objects)
+    rows: list[dict[str, Any]] = []
+    for label, spec in (methods or DIAGNOSE_METHODS).items():
+        spec = dict(spec)
+        if "strategy" not in spec:
+            raise ValueError(f"diagnose: method {label!r} has no 'strategy' key ({spec})")
+        name = spec.pop("strategy")
+        row: dict[str, Any] = {"method": label, "strategy": name, "note": ""}
+        try:
+            strat = create_strategy(name, **spec)
+            strat.check_model(net)
+            ctx = AcquisitionContext(
+                model=net,
+                tasks=tasks,
+                pool=datamodule.pool,
+                datamodule=datamodule,
+                device=device,
+                cycle=cycle,
+                seed=seed,
+                state={},
+            )
+            budget = len(tasks) if strat.granularity == "image" else 1
+            strat.select(ctx, budget)
+            diag = acquisition_diagnostics(strat, ctx, weights, max_images, seed)
+            if not diag:
+                row["note"] = "ranks no score"
+            row.update(diag)
+        except (ValueError, TypeError) as exc:
+            row["note"] = f"skipped: {exc}"
+        rows.append(row)
+    net.to("cpu")
+    return rows
+
+
+def format_table(rows: Sequence[Mapping[str, Any]], task_names: Sequence[str]) -> str:
+    """A fixed-width text table of :func:`diagnose_rows` (ρ with 3 decimals)."""
+    cols = [*task_names, "image"]
+    head = f"{'method':<26}" + "".join(f"{c:>10}" for c in cols) + f"{'scored':>8}  note"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        cells = []
+        for c in cols:
+            v = r.get(f"diag/{c}/spearman")
+            cells.append(f"{'':>10}" if v is None else f"{v:>10.3f}")
+        scored = r.get("diag/scored")
+        n = f"{int(scored):>8}" if scored is not None else f"{'':>8}"
+        lines.append(f"{r['method']:<26}" + "".join(cells) + n + f"  {r['note']}".rstrip())
+    return "\n".join(lines)
+
+
+def write_csv(rows: Sequence[Mapping[str, Any]], path: str | Any) -> None:
+    """The rows as CSV (one column per key, in first-seen order), written atomically."""
+    import csv
+    import io
+    from pathlib import Path
+
+    from mtal.io import atomic_write_bytes
+
+    columns: list[str] = []
+    for r in rows:
+        columns.extend(k for k in r if k not in columns)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(Path(path), buffer.getvalue().encode())
+
+
+def run_diagnose(
+    module: Any,
+    datamodule: Any,
+    *,
+    weights: str,
+    pool: str | None = None,
+    methods: Mapping[str, Mapping[str, Any]] | None = None,
+    out: str | None = None,
+    max_images: int | None = None,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """``mtal diagnose``: load ``weights`` (and the pool state ``pool``, else the
+    datamodule's initial pool), print the correlation table, write ``out`` as CSV."""
+    from pathlib import Path
+
+    from mtal.data.pool import LabelPool
+    from mtal.loop import load_weights
+
+    if not Path(weights).is_file():
+        raise FileNotFoundError(
+            f"diagnose --weights {weights}: no such file; give a cycle's weights.pt from a run "
+            "folder (runs/<experiment>/<strategy>/seed<k>/cycle_<c>/weights.pt)"
+        )
+    datamodule.setup("fit")
+    if pool is not None:
+        datamodule.attach_pool(LabelPool.load(Path(pool)))
+    try:
+        module.load_state_dict(load_weights(Path(weights)))
+    except RuntimeError as exc:
+        raise ValueError(
+            f"diagnose --weights {weights} does not fit the model of this config (keys or "
+            f"shapes differ; e.g. a learnable committee or loss-prediction module built in one "
+            f"and not the other): use the config of the run that wrote it. {exc}"
+        ) from exc
+    cycle = int(np.max(datamodule.pool.cycle, initial=0))
+    rows = diagnose_rows(module, datamodule, methods, max_images=max_images, seed=seed, cycle=cycle)
+    print(format_table(rows, list(module.task_objects)))
+    if out is not None:
+        write_csv(rows, out)
+        print(f"[mtal] wrote {len(rows)} rows to {out}")
+    return rows
