@@ -705,12 +705,36 @@ def test_rbal_ranks_sum() -> None:
     sigma = {"a": np.array([0, 0.1, 0.3, 0.3, 0.2]), "b": np.array([0, 5.0, 1, 2, 9])}
     model = TableModel({"a": np.zeros(5), "b": np.zeros(5)}, sigma=sigma)
     ctx = make_ctx(model, 5, ["a", "b"], [0])
-    sel = create_strategy("rbal", mc_samples=2, tie_break="index").select(ctx, 2)
+    sel = create_strategy("rbal", uncertainty="mc", mc_samples=2, tie_break="index").select(ctx, 2)
     # rank sums: [4, 4.5, 5.5, 6] → image 4
     assert sel.images.tolist() == [4]
     np.testing.assert_allclose(sel.scores, [[0.04, 81]], rtol=1e-5)
     with pytest.raises(ValueError, match="regression"):
-        create_strategy("rbal", mc_samples=1).select(ctx, 2)
+        create_strategy("rbal", uncertainty="mc", mc_samples=1).select(ctx, 2)
+    with pytest.raises(ValueError, match="uncertainty"):
+        create_strategy("rbal", uncertainty="entropy")
+
+
+def test_rbal_default_ranks_per_task_equal_scores_by_hand() -> None:
+    # WACV24's RBAL: ranks of per-task EquAL scores. The image index is the max of channel
+    # 0 (flip-invariant); raw_t = x + c_t(i)·ramp, so EquAL_t = |c_t(i)|·mean|r − flip r|
+    # = 4/7·|c_t(i)| on 8 columns.
+    coef = {"a": torch.tensor([0, 1, 3, 2, 4.0]), "b": torch.tensor([0, 4, 1, 3, 2.0])}
+
+    class RampModel(torch.nn.Module):
+        def forward(self, image, **kw):
+            idx = image[:, 0].amax(dim=(1, 2)).floor().long()
+            ramp = torch.linspace(0, 1, image.shape[-1])
+            return MultiTaskOutput(
+                final={t: image[:, 1:2] + c[idx].view(-1, 1, 1, 1) * ramp for t, c in coef.items()}
+            )
+
+    ctx = make_ctx(RampModel(), 5, ["a", "b"], [0])
+    sel = create_strategy("rbal", tie_break="index").select(ctx, 2)
+    # ranks a: 1 3 2 4, b: 4 1 3 2 → sums 5 4 5 6 → image 4, scores 4/7·(4, 2)
+    assert sel.images.tolist() == [4]
+    np.testing.assert_allclose(sel.scores, [[16 / 7, 8 / 7]], rtol=1e-5)
+    assert sel.diagnostics["uncertainty"] == "equal"
 
 
 def test_minmax_constant_column_is_zero() -> None:
@@ -761,12 +785,12 @@ def test_mc_passes_are_seeded_and_leave_global_rng_alone() -> None:
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    first = create_strategy("rbal", mc_samples=3).select(ctx, 3)
+    first = create_strategy("rbal", uncertainty="mc", mc_samples=3).select(ctx, 3)
     assert torch.equal(torch.rand(3), expected)
-    second = create_strategy("rbal", mc_samples=3).select(ctx, 3)
+    second = create_strategy("rbal", uncertainty="mc", mc_samples=3).select(ctx, 3)
     np.testing.assert_array_equal(first.scores, second.scores)
     ctx.seed = 1
-    third = create_strategy("rbal", mc_samples=3).select(ctx, 3)
+    third = create_strategy("rbal", uncertainty="mc", mc_samples=3).select(ctx, 3)
     assert not np.array_equal(first.scores, third.scores)
 
 
