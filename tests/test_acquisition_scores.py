@@ -662,6 +662,11 @@ def test_ll4al_sums_predicted_losses() -> None:
     # sums for images 1..5: 1.4, 2.3, .2, 1.1, 2.0 → 2 then 5
     assert sel.images.tolist() == [2, 5]
     np.testing.assert_allclose(sel.scores, [[2, 0.3], [2, 0]], atol=1e-6)
+    # WACV24: Σ_k w_k l̂_k with the config's task weights; b ×20: 9, 8, 4, 3, 2 → 1 then 2
+    ctx.task_weights = {"a": 1.0, "b": 20.0}
+    sel = create_strategy("ll4al").select(ctx, 4)
+    assert sel.images.tolist() == [1, 2]
+    np.testing.assert_allclose(sel.diagnostics["selected_score"], [9, 8], rtol=1e-5)
 
 
 def test_flip_divergences_by_hand() -> None:

@@ -290,14 +290,23 @@ def test_ranking_loss_matches_torch_margin_ranking_loss():
         ll4al_ranking_loss(torch.zeros(1), torch.zeros(1))
 
 
-def test_loss_prediction_module_matches_manual():
+@pytest.mark.parametrize("per_task", [True, False])
+def test_loss_prediction_module_matches_manual(per_task):
     torch.manual_seed(0)
-    mod = LossPredictionModule([4, 6], num_tasks=3, hidden=5)
+    mod = LossPredictionModule([4, 6], num_tasks=3, hidden=5, per_task=per_task)
     levels = [torch.randn(2, 4, 3, 3), torch.randn(2, 6, 2, 2)]
-    hidden = [torch.relu(fc[0](f.mean(dim=(2, 3)))) for fc, f in zip(mod.fcs, levels, strict=True)]
-    manual = mod.out(torch.cat(hidden, dim=1))
+    cols = []
+    for head in mod.heads:  # one independent module per task (WACV24), or one for all
+        fcs = head.fcs
+        hidden = [torch.relu(fc[0](f.mean(dim=(2, 3)))) for fc, f in zip(fcs, levels, strict=True)]
+        cols.append(head.out(torch.cat(hidden, dim=1)))
+    manual = torch.cat(cols, dim=1)
+    assert len(mod.heads) == (3 if per_task else 1)
     torch.testing.assert_close(mod(levels), manual)
     assert mod(levels).shape == (2, 3)
+    if per_task:  # task 0's loss depends on task 0's module only
+        mod(levels)[:, 0].sum().backward()
+        assert not mod.heads[1].out.weight.grad.any() and mod.heads[0].out.weight.grad.any()
 
 
 def test_loss_prediction_detach_stops_backbone_gradient():

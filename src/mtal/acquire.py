@@ -52,6 +52,7 @@ def acquire_once(
     from mtal.acquisition import create_strategy
     from mtal.acquisition.base import AcquisitionContext
     from mtal.data.pool import LabelPool
+    from mtal.diagnostics import module_task_weights
 
     chooser = create_strategy(strategy, clamp_budget=clamp_budget, **strategy_kwargs)
     label_pool = LabelPool.load(pool)
@@ -78,6 +79,7 @@ def acquire_once(
         cycle=cycle - 1,
         seed=select_seed,
         state={},
+        task_weights=module_task_weights(module),
     )
     selection = chooser.select(ctx, labels)
     net.to("cpu")

@@ -217,6 +217,7 @@ def diagnose_rows(
                 cycle=cycle,
                 seed=seed,
                 state={},
+                task_weights=weights,
             )
             budget = len(tasks) if strat.granularity == "image" else 1
             strat.select(ctx, budget)

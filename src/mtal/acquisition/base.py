@@ -47,6 +47,8 @@ class AcquisitionContext:
     seed: int = 0
     state: dict[str, Any] = field(default_factory=dict)
     train_features: Callable[[np.ndarray], torch.Tensor] | None = None
+    #: the config's task weights w_k (LL4AL's Σ_k w_k l̂_k); None = 1 for every task
+    task_weights: Mapping[str, float] | None = None
 
     @property
     def task_names(self) -> list[str]:

@@ -345,6 +345,7 @@ class ActiveLearningLoop:
         """Select with the loop's strategy; torch/numpy are reseeded from (seed, cycle)
         first, so MC dropout or auto-encoder training do not depend on what ran before."""
         from mtal.acquisition.base import AcquisitionContext
+        from mtal.diagnostics import module_task_weights
 
         net = getattr(self.module, "net", self.module)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -361,10 +362,11 @@ class ActiveLearningLoop:
             cycle=cycle,
             seed=seed,
             state=strategy_state,
+            task_weights=module_task_weights(self.module),
         )
         selection = self.strategy.select(ctx, budget)
         if self.settings.diagnostics:  # after select: the oracle path reads true labels
-            from mtal.diagnostics import acquisition_diagnostics, module_task_weights
+            from mtal.diagnostics import acquisition_diagnostics
 
             self.diagnostics = acquisition_diagnostics(
                 self.strategy,
