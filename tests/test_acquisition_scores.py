@@ -587,11 +587,40 @@ def test_coreset_equals_brute_force_k_center() -> None:
     labelled = [0, 3, 11, 19]
     model = TableModel({"a": np.zeros(n), "b": np.zeros(n)}, embedding=emb)
     ctx = make_ctx(model, n, ["a", "b"], labelled)
-    sel = create_strategy("coreset").select(ctx, 10)
+    sel = create_strategy("coreset", features="embedding").select(ctx, 10)
     mask = np.zeros(n, bool)
     mask[labelled] = True
     assert sel.images.tolist() == brute_force_k_center(emb, mask, 5)
     assert sel.pairs.shape == (10, 2)
+
+
+def test_coreset_default_runs_on_the_fused_map_pooled_to_a_grid() -> None:
+    # WACV24: k-center on the pre-head (fused) map; pooled to 2×2 here by hand
+    n = 14
+    fused = np.random.default_rng(3).normal(size=(n, 3, 8, 8))
+    emb = np.random.default_rng(4).normal(size=(n, 5))  # must not be used
+
+    class FusedModel(TableModel):
+        def forward(self, image, **kw):
+            out = super().forward(image, **kw)
+            idx = image[:, 0, 0, 0].round().long()
+            out.extras["fused"] = torch.as_tensor(fused, dtype=torch.float32)[idx]
+            return out
+
+    labelled = [0, 5, 9]
+    ctx = make_ctx(FusedModel({"a": np.zeros(n)}, embedding=emb), n, ["a"], labelled)
+    sel = create_strategy("coreset", grid=2).select(ctx, 4)
+    pooled = fused.reshape(n, 3, 2, 4, 2, 4).mean(axis=(3, 5)).reshape(n, -1)
+    mask = np.zeros(n, bool)
+    mask[labelled] = True
+    assert sel.images.tolist() == brute_force_k_center(pooled, mask, 4)
+    assert sel.images.tolist() != brute_force_k_center(emb, mask, 4)
+    with pytest.raises(ValueError, match="features"):
+        create_strategy("coreset", features="gap")
+    with pytest.raises(ValueError, match="extras"):
+        create_strategy("coreset").select(
+            make_ctx(TableModel({"a": np.zeros(n)}), n, ["a"], [0]), 1
+        )
 
 
 # --------------------------------------------------------------------------- PartAL

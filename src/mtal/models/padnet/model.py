@@ -179,6 +179,7 @@ class PADNet(MultiTaskNet):
             committee=members,
             embedding=enc.embedding,
             loss_pred=self.predict_losses(enc),
+            extras={"fused": enc.fused},  # the pre-head map (Core-Set, WACV24 Sec. 4.2)
         )
 
     # -- pieces ---------------------------------------------------------------------------
