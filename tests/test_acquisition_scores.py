@@ -357,18 +357,22 @@ def test_ae_distance_is_nearest_code_distance_and_ae_learns() -> None:
     assert hist[-1] < 0.3 * hist[0]
 
 
-def test_maxst_is_max_of_normalised_per_task_distances() -> None:
+def test_maxst_is_max_of_per_task_distances() -> None:
     rng = np.random.default_rng(4)
     f = torch.as_tensor(rng.normal(size=(9, 5, 1, 1)), dtype=torch.float32)
-    strat = create_strategy("mtal", variant="maxst")
+    strat = create_strategy("mtal", variant="maxst", maxst_normalise=True)
     ctx = make_ctx(TableModel({"a": np.zeros(1)}), 1, ["a"], [])
     got = mc.maxst_distance(strat, ctx, f[3:], f[:3], [2, 3], seed=0)
     x = f.numpy().reshape(9, 5).astype(np.float64)
     per = []
     for sl in (slice(0, 2), slice(2, 5)):
         d = np.sqrt(((x[3:, None, sl] - x[None, :3, sl]) ** 2).sum(-1)).min(1)
-        per.append((d - d.min()) / (d.max() - d.min()))
-    np.testing.assert_allclose(got, np.max(per, axis=0), rtol=1e-4, atol=1e-5)
+        per.append(d)
+    norm = [(d - d.min()) / (d.max() - d.min()) for d in per]
+    np.testing.assert_allclose(got, np.max(norm, axis=0), rtol=1e-4, atol=1e-5)
+    # the paper's Max-ST (default): the max of the raw per-task distances
+    raw = mc.maxst_distance(create_strategy("mtal", variant="maxst"), ctx, f[3:], f[:3], [2, 3], 0)
+    np.testing.assert_allclose(raw, np.max(per, axis=0), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("fn", [mc.vaal_score, mc.ae_disc_score])
@@ -383,8 +387,11 @@ def test_discriminator_variants_prefer_samples_unlike_the_labelled(fn) -> None:
     ctx = make_ctx(TableModel({"a": np.zeros(1)}), 1, ["a"], [])
     score = fn(strat, ctx, torch.cat([near, far]), lab, [2], seed=5)
     assert score.shape == (32,)
-    assert ((score >= 0) & (score <= 1)).all()
-    assert score[16:].mean() > score[:16].mean() + 0.2
+    if fn is mc.vaal_score:  # 1 − D: a probability
+        assert ((score >= 0) & (score <= 1)).all()
+        assert score[16:].mean() > score[:16].mean() + 0.2
+    else:  # Eq. 3 distance of the adversarially trained AE's codes
+        assert (score >= 0).all() and score[16:].mean() > 2 * score[:16].mean()
 
 
 # --------------------------------------------------------------------------- MTAL sample weights
@@ -853,3 +860,19 @@ def test_mtal_eq1_anchors_on_the_initial_prediction_by_hand() -> None:
         create_strategy("mtal", anchor="refined")
     with pytest.raises(ValueError, match="committee_mode"):
         create_strategy("mtal", committee_mode="pairs")
+
+
+def test_vaal_vae_kl_term_matches_torch_distributions() -> None:
+    from torch.distributions import Normal, kl_divergence
+
+    from mtal.acquisition.diversity import FeatureAutoEncoder, gaussian_kl
+
+    g = torch.Generator().manual_seed(0)
+    mu, logvar = torch.randn(5, 3, generator=g), torch.randn(5, 3, generator=g)
+    ref = kl_divergence(Normal(mu, (0.5 * logvar).exp()), Normal(0.0, 1.0)).sum(1).mean()
+    torch.testing.assert_close(gaussian_kl(mu, logvar), ref)
+    vae = FeatureAutoEncoder(2, 2, code_dim=4, hidden=3, variational=True)
+    x = torch.randn(6, 2, 2, 2, generator=g)
+    m, lv = vae.posterior(x)
+    assert m.shape == lv.shape == (6, 4)
+    torch.testing.assert_close(vae.encode(x), m)  # codes are the posterior means

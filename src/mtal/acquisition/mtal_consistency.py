@@ -17,7 +17,6 @@ from mtal.acquisition.diversity import (
     pooled_task_features,
     standardise,
     train_autoencoder,
-    train_discriminator,
 )
 from mtal.acquisition.scoring import forward, labelled_features, stream_summaries
 
@@ -63,14 +62,18 @@ def maxst_distance(
     seed: int,
 ) -> np.ndarray:
     """Max-ST: per task t, ``div_t(x)`` = distance of x's (standardised, pooled) task-t
-    features to the nearest labelled image's, min–max normalised over the candidates;
-    ``div(x) = max_t div_t(x)`` (no auto-encoder)."""
+    features to the nearest labelled image's; ``div(x) = max_t div_t(x)`` (no
+    auto-encoder). ``maxst_normalise=True`` min–max normalises each ``div_t`` over the
+    candidates before the max (ours; the paper has no such step, so it is off)."""
     per_task = []
     start = 0
     for c in channels:
         per_task.append(_nearest(f_unl[:, start : start + c], f_lab[:, start : start + c]))
         start += c
-    return minmax(np.stack(per_task, axis=1), axis=0).max(axis=1)
+    stacked = np.stack(per_task, axis=1)
+    if strat.maxst_normalise:
+        stacked = minmax(stacked, axis=0)
+    return stacked.max(axis=1)
 
 
 def vaal_score(
@@ -81,15 +84,20 @@ def vaal_score(
     channels: list[int],
     seed: int,
 ) -> np.ndarray:
-    """VAAL-style: AE trained by reconstruction, then a discriminator on its frozen codes
-    learns labelled vs unlabelled; ``div(x) = 1 − D(z(x))``."""
+    """VAAL (Sinha et al., ICCV 2019) on the same task features: a VAE (reparameterised
+    code, ``MSE + kl_weight·KL``) and a discriminator on its mean code trained
+    adversarially (the VAE adds ``adv_weight``·BCE(D(μ), labelled) for every sample);
+    ``div(x) = 1 − D(μ(x))``, the discriminator's probability that x is unlabelled."""
     cfg = strat.diversity_config
-    ae, _, hist = train_autoencoder(torch.cat([f_lab, f_unl]), cfg, seed, ctx.device)
-    codes = encode_all(ae, torch.cat([f_lab, f_unl]), cfg.batch_size, ctx.device)
+    feats = torch.cat([f_lab, f_unl])
     is_lab = torch.cat([torch.ones(len(f_lab)), torch.zeros(len(f_unl))])
-    disc, d_hist = train_discriminator(codes, is_lab, cfg, seed + 1, ctx.device)
-    strat.last_diagnostics.update(ae_loss=hist, disc_loss=d_hist)
-    return 1.0 - labelled_probability(disc, codes[len(f_lab) :], cfg.batch_size, ctx.device).numpy()
+    vae, disc, hist = train_autoencoder(
+        feats, cfg, seed, ctx.device, is_labelled=is_lab, variational=True
+    )
+    assert disc is not None
+    strat.last_diagnostics["ae_loss"] = hist
+    codes = encode_all(vae, f_unl, cfg.batch_size, ctx.device)
+    return 1.0 - labelled_probability(disc, codes, cfg.batch_size, ctx.device).numpy()
 
 
 def ae_disc_score(
@@ -100,16 +108,18 @@ def ae_disc_score(
     channels: list[int],
     seed: int,
 ) -> np.ndarray:
-    """AE + discriminator loss: AE and discriminator trained jointly (reconstruction +
-    ``adv_weight`` × adversarial loss, VAAL's game); ``div(x) = 1 − D(z(x))``."""
+    """ "Ours + L_D" (WACV24 Fig. 7b): the auto-encoder trained with the extra adversarial
+    term of a jointly trained discriminator (reconstruction + ``adv_weight``·BCE(D(z), 1));
+    ``div(x)`` is still Eq. 3, the distance of x's code to the nearest labelled code."""
     cfg = strat.diversity_config
     feats = torch.cat([f_lab, f_unl])
     is_lab = torch.cat([torch.ones(len(f_lab)), torch.zeros(len(f_unl))])
     ae, disc, hist = train_autoencoder(feats, cfg, seed, ctx.device, is_labelled=is_lab)
     assert disc is not None
     strat.last_diagnostics["ae_loss"] = hist
-    codes = encode_all(ae, f_unl, cfg.batch_size, ctx.device)
-    return 1.0 - labelled_probability(disc, codes, cfg.batch_size, ctx.device).numpy()
+    z_unl = encode_all(ae, f_unl, cfg.batch_size, ctx.device)
+    z_lab = encode_all(ae, f_lab, cfg.batch_size, ctx.device)
+    return _nearest(z_unl, z_lab)
 
 
 # --------------------------------------------------------------------------- sample weights
@@ -292,6 +302,8 @@ class MTALStrategy(Strategy):
         ae_batch_size: int = 64,
         ae_lr: float = 1e-3,
         adv_weight: float = 1.0,
+        kl_weight: float = 1.0,
+        maxst_normalise: bool = False,
         sample_weights: str = "inconsistency",
         weight_floor: float = 0.0,
         **kwargs: Any,
@@ -347,7 +359,9 @@ class MTALStrategy(Strategy):
             batch_size=ae_batch_size,
             lr=ae_lr,
             adv_weight=adv_weight,
+            kl_weight=kl_weight,
         )
+        self.maxst_normalise = bool(maxst_normalise)
         self.last_diagnostics: dict[str, Any] = {}
 
     def check_model(self, model: Any) -> None:
