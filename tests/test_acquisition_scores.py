@@ -675,6 +675,17 @@ def test_partal_normalisation_frozen_after_first_cycle_and_gt_substituted() -> N
     np.testing.assert_allclose(sel2.scores[0, 0], 55 / 27, rtol=1e-6)
 
 
+def test_partal_without_normalisation_ranks_raw_uncertainty() -> None:
+    # PartAL Fig. 12 ablation: u = σ²; a: images 2..5 → 9, 16, 25, 36; b: 1..5 → 1, 1, 1, 4, 9
+    n, names = 6, ["a", "b"]
+    sigma = {"a": np.array([1, 2, 3, 4, 5, 6.0]), "b": np.array([0.5, 1, 1, 1, 2, 3.0])}
+    ctx = make_ctx(TableModel({t: np.zeros(n) for t in names}, sigma=sigma), n, names, [0])
+    ctx.pool.label_pairs([[1, 0]], cycle=0)
+    sel = create_strategy("partal", mc_samples=4, normalise=False, tie_break="index").select(ctx, 3)
+    assert sel.pairs.tolist() == [[5, 0], [4, 0], [3, 0]]
+    np.testing.assert_allclose(sel.scores[:, 0], [36, 25, 16], rtol=1e-5)
+
+
 def test_partal_refuses_state_of_other_tasks() -> None:
     model = TableModel({"a": np.zeros(4)}, sigma={"a": np.ones(4)})
     ctx = make_ctx(model, 4, ["a"], [], state={"partal": {"tasks": ["x"], "min": [0], "max": [1]}})
