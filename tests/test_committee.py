@@ -113,3 +113,24 @@ def test_committee_loss_is_task_loss_of_members_over_labelled_by_hand() -> None:
         "depth": ["initial", "normals", "semseg"],
         "normals": ["depth", "initial", "semseg"],
     }
+
+
+def test_discrepancy_kl_option_against_torch_kl_div() -> None:
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    raw, other = torch.randn(2, 4, 3, 3, generator=g), torch.randn(2, 4, 3, 3, generator=g)
+    sem = create_task("semseg", num_classes=4, discrepancy_target="kl")
+    ref = F.kl_div(raw.log_softmax(1), other.softmax(1), reduction="none").sum(1).mean((1, 2))
+    torch.testing.assert_close(sem.discrepancy(raw, other), ref)
+    # soft = KL + H(member): the member's own entropy is part of the default
+    soft = create_task("semseg", num_classes=4).discrepancy(raw, other)
+    entropy = -(other.softmax(1) * other.log_softmax(1)).sum(1).mean((1, 2))
+    torch.testing.assert_close(soft, ref + entropy)
+    # binary (fixed pos_weight w = 0.5): KL of Bernoulli(σ(o)) to Bernoulli(σ(r)) times 0.5
+    edge = create_task("edge", pos_weight=0.5, discrepancy_target="kl")
+    r, o = torch.zeros(1, 1, 1, 1), torch.full((1, 1, 1, 1), float(torch.log(torch.tensor(3.0))))
+    p, q = 0.75, 0.5  # σ(o), σ(r)
+    kl = p * torch.log(torch.tensor(p / q)) + (1 - p) * torch.log(torch.tensor((1 - p) / (1 - q)))
+    torch.testing.assert_close(edge.discrepancy(r, o), 0.5 * kl.view(1))
+    assert float(edge.discrepancy(o, o)) == 0.0
