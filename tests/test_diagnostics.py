@@ -262,3 +262,27 @@ def test_diagnose_table_has_every_default_method(real, tmp_path) -> None:
     assert float(got[0]["diag/depth/spearman"]) == pytest.approx(
         by[got[0]["method"]]["diag/depth/spearman"]
     )
+
+
+def test_report_writes_diagnostics_table_and_plot(tmp_path) -> None:
+    from mtal.report import write_report
+
+    exp = tmp_path / "exp"
+    values = {  # strategy -> seed -> (image ρ, depth ρ) of cycle 0
+        "mtal": {0: (0.2, 0.1), 1: (0.4, -0.1)},
+        "partal": {0: (None, 0.5), 1: (None, 0.3)},
+    }
+    for strategy, seeds in values.items():
+        for seed, (image, depth) in seeds.items():
+            folder = exp / strategy / f"seed{seed}"
+            folder.mkdir(parents=True)
+            head = "cycle,labels,labelled_fraction,val/mtl_loss,diag/depth/spearman"
+            row = f"0,10,0.1,1.0,{depth}"
+            if image is not None:
+                head, row = head + ",diag/image/spearman", row + f",{image}"
+            (folder / "metrics.csv").write_text(f"{head}\n{row}\n1,20,0.2,0.9,\n")
+    out = write_report(exp)
+    text = (out / "diagnostics.md").read_text()
+    assert "| mtal | 10.0 | 0.300 ± 0.100 | 0.000 ± 0.100 |" in text
+    assert "| partal | 10.0 |  | 0.400 ± 0.100 |" in text
+    assert (out / "diagnostics.png").stat().st_size > 1000

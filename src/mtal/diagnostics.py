@@ -307,3 +307,82 @@ def run_diagnose(
         write_csv(rows, out)
         print(f"[mtal] wrote {len(rows)} rows to {out}")
     return rows
+
+
+# --------------------------------------------------------------------------- mtal report
+
+
+def diagnostics_keys(runs: Mapping[str, list[list[dict[str, float]]]]) -> list[str]:
+    """The ``diag/*/spearman`` columns present in any run, image first."""
+    keys: set[str] = set()
+    for seeds in runs.values():
+        for rows in seeds:
+            for row in rows:
+                keys.update(k for k in row if k.startswith("diag/") and k.endswith("/spearman"))
+    image = "diag/image/spearman"
+    return ([image] if image in keys else []) + sorted(keys - {image})
+
+
+def write_diagnostics_report(
+    runs: Mapping[str, list[list[dict[str, float]]]], out: Any
+) -> Any | None:
+    """``diagnostics.md`` (per strategy and cycle: mean ± std over seeds of every
+    ``diag/*/spearman``) and ``diagnostics.png`` (the image-score ρ — for pair strategies
+    the mean per-task ρ — against % labels) in ``out``; None when no run has diagnostics."""
+    from pathlib import Path
+
+    from mtal.report import curve, markdown_table
+
+    keys = diagnostics_keys(runs)
+    if not keys:
+        return None
+    out = Path(out)
+    rows: list[dict[str, str]] = []
+    lines: list[tuple[str, Any]] = []
+    for strategy in sorted(runs):
+        curves = {k: curve(strategy, runs[strategy], k) for k in keys}
+        curves = {k: c for k, c in curves.items() if c is not None}
+        if not curves:
+            continue
+        first = next(iter(curves.values()))
+        for i, x in enumerate(first.x):
+            row = {"strategy": strategy, "% labels": f"{x:.1f}"}
+            for k in keys:
+                c = curves.get(k)
+                row[k.removeprefix("diag/").removesuffix("/spearman")] = (
+                    f"{c.mean[i]:.3f} ± {c.std[i]:.3f}" if c is not None and i < len(c.x) else ""
+                )
+            rows.append(row)
+        image = curves.get("diag/image/spearman")
+        if image is not None:
+            lines.append((f"{strategy} (image score)", image))
+        else:
+            tasks = [c for c in curves.values() if len(c.x) == len(first.x)]
+            mean = np.mean([c.mean for c in tasks], axis=0)
+            lines.append((f"{strategy} (mean over tasks)", (first.x, mean)))
+    columns = [
+        "strategy",
+        "% labels",
+        *[k.removeprefix("diag/").removesuffix("/spearman") for k in keys],
+    ]
+    text = (
+        "Spearman ρ between each strategy's score and the true loss of the model's final "
+        "prediction on the images it scored (mean ± std over seeds; `image`: the image "
+        "score vs the weighted total loss).\n\n" + markdown_table(rows, columns)
+    )
+    (out / "diagnostics.md").write_text(text)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5, 4.0), dpi=110)
+    ax = fig.add_subplot(1, 1, 1)
+    for label, c in lines:
+        x, y = (c.x, c.mean) if hasattr(c, "mean") else c
+        ax.plot(x, y, marker="o", label=label)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xlabel("% of labels (image/task pairs)")
+    ax.set_ylabel("Spearman ρ(score, true loss)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "diagnostics.png")
+    return out / "diagnostics.md"

@@ -276,6 +276,9 @@ def write_report(experiment_dir: str | Path) -> Path:
                 + savings_markdown(curves, best, "the best reached multi-task loss", False)
             )
         (out / "savings.md").write_text(text)
+    from mtal.diagnostics import write_diagnostics_report
+
+    write_diagnostics_report({s: runs[s] for s in strategies}, out)  # diag/* of mtal loop
     return out
 
 
@@ -288,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = write_report(args.experiment)
     print(f"[mtal] report written to {out}")
     if args.print:
-        for name in ("summary.md", "savings.md"):
+        for name in ("summary.md", "savings.md", "diagnostics.md"):
             if (out / name).exists():
                 print((out / name).read_text())
     return 0
