@@ -278,6 +278,11 @@ class MTALStrategy(Strategy):
     paper is silent; None for
     ``variant='diversity'``), ``none`` (1.0), ``loss`` (their true task loss against the
     bought labels, min–max per task over the bought images, constant → 1.0).
+    Constants: ``code_dim=512`` is the paper's; ``feature_pool``, ``ae_hidden``,
+    ``ae_epochs``, ``disc_epochs``, ``ae_batch_size``, ``ae_lr``, ``adv_weight`` and
+    ``kl_weight`` are ours (the paper does not fix them; VAAL's β = 1 and adversarial
+    weight 1 are Sinha et al.'s). ``maxst_normalise`` (off) is an extra step of ours.
+
     ``weight_floor`` f maps a weight w to ``f + (1 − f)·w``: with the paper's min–max
     (f = 0, the default) the least inconsistent / lowest-loss bought image gets weight 0
     for that task, i.e. its label is bought but not trained on; f > 0 keeps every label
