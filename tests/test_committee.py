@@ -134,3 +134,37 @@ def test_discrepancy_kl_option_against_torch_kl_div() -> None:
     kl = p * torch.log(torch.tensor(p / q)) + (1 - p) * torch.log(torch.tensor((1 - p) / (1 - q)))
     torch.testing.assert_close(edge.discrepancy(r, o), 0.5 * kl.view(1))
     assert float(edge.discrepancy(o, o)) == 0.0
+
+
+def test_training_time_gt_substitution_option_feeds_the_labels() -> None:
+    """PartAL option (off by default): labelled tasks' ground truth enters the distillation
+    input in training; unlabelled pairs (sample i % b of depth) are never substituted."""
+    kw = {"gt_substitution": True, "committee_mode": "shared"}
+    off, on = (
+        module(**kw),
+        MultiTaskModule(
+            tasks=TASKS,
+            num_classes=NUM_CLASSES,
+            model="padnet",
+            backbone="tiny_cnn",
+            model_kwargs={"head_channels": 8, "encoder_channels": 8, **kw},
+            scheduler="none",
+            train_gt_substitution=True,
+        ),
+    )
+    on.net.load_state_dict(off.net.state_dict())
+    seen = {}
+    original = on.net.forward
+
+    def spy(image, **k):
+        seen.update(k)
+        return original(image, **k)
+
+    on.net.forward = spy
+    batch = batches()[0]
+    off.eval(), on.eval()  # no dropout: the outputs differ only by the substitution
+    a, b = off.compute_losses(batch)["output"], on.compute_losses(batch)["output"]
+    assert torch.equal(seen["gt_mask"], batch["labelled"])
+    assert any(not torch.equal(a.final[t], b.final[t]) for t in TASKS)
+    for t in TASKS:  # initial predictions never see the ground truth
+        torch.testing.assert_close(a.initial[t], b.initial[t])
