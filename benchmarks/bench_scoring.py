@@ -119,7 +119,8 @@ def timing_cases(mc_samples: int) -> list[Case]:
         Case("mtal (C11, committee=2)", "mtal", {"committee": 2}, "padnet+committee_order=2"),
         Case("mtal (C15, committee=3)", "mtal", {"committee": 3}, "padnet+committee_order=3"),
         Case("equal", "equal"),
-        Case(f"rbal (S={mc_samples})", "rbal", {"mc_samples": mc_samples}),
+        Case("rbal (EquAL ranks, WACV24)", "rbal"),
+        Case(f"rbal (MC, S={mc_samples})", "rbal", {"uncertainty": "mc", "mc_samples": mc_samples}),
         Case("ll4al", "ll4al", {}, "padnet+loss_prediction"),
         Case(
             f"partal (S={mc_samples})",
