@@ -241,9 +241,11 @@ def run_grid(
 ) -> list[Run]:
     """Run every unfinished cell of ``grid``; returns the runs that were executed."""
     from mtal.cli import run_cli
+    from mtal.progress import Clock
 
     executed = []
     runs = expand(grid, runs_dir=runs_dir)
+    clock = Clock(sum(not r.finished() for r in runs))
     for number, run in enumerate(runs, 1):
         label = f"[{number}/{len(runs)}] {run.experiment} {run.strategy} seed{run.seed}"
         if run.finished():
@@ -260,6 +262,7 @@ def run_grid(
         else:
             run_cli(run.args)
         executed.append(run)
+        print(f"{label}: done (runs {clock.lap()})", flush=True)
     return executed
 
 

@@ -4,6 +4,7 @@ the CLI that links the datamodule's tasks to the model (imported lazily by mtal.
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -129,6 +130,38 @@ class MtalCLI(LightningCLI):
         self._subcommand_method_arguments["loop"] = ["loop"]
         return parser
 
+    def _verbose(self) -> bool:
+        """``loop.verbose`` of the subcommand's config (every subcommand accepts it)."""
+        sub = self.config.get(str(self.subcommand), self.config)
+        return bool(sub.get("loop.verbose", False)) if hasattr(sub, "get") else False
+
+    def _set_seed(self) -> None:
+        # the first thing LightningCLI prints ("Seed set to") comes from here
+        from mtal.quiet import quiet_lightning
+
+        quiet_lightning(self._verbose())
+        super()._set_seed()
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The subcommand's Trainer; ``logger: true`` (the default) becomes what Lightning
+        would pick without its "tensorboardX removed" warning: no logger for ``loop``/
+        ``acquire`` (every cycle's Trainer gets the run's logger), else a CSVLogger in
+        ``default_root_dir`` unless TensorBoard is installed."""
+        from lightning.pytorch.loggers import CSVLogger
+        from lightning.pytorch.trainer.connectors.logger_connector import logger_connector
+
+        configured = self._get(self.config_init, "trainer", default={}) or {}
+        tensorboard = (
+            logger_connector._TENSORBOARD_AVAILABLE or logger_connector._TENSORBOARDX_AVAILABLE
+        )
+        if "logger" not in kwargs and configured.get("logger") in (None, True):
+            if self.subcommand in ("loop", "acquire"):
+                kwargs["logger"] = False
+            elif not tensorboard:
+                root = configured.get("default_root_dir") or os.getcwd()
+                kwargs["logger"] = CSVLogger(save_dir=root)
+        return super().instantiate_trainer(**kwargs)
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # one place for task options (loss, metric and target conversion): data.task_options
         parser.link_arguments("data.task_options", "model.task_options")
@@ -143,13 +176,23 @@ class MtalCLI(LightningCLI):
         )
 
     def after_instantiate_classes(self) -> None:
+        from mtal.loop.callback import CycleTracker
+        from mtal.progress import FitProgress
+        from mtal.quiet import log_interval
+
         trainer_cfg = dict(self._get(self.config_init, "trainer", default={}) or {})
+        datamodule = self.datamodule
 
         def fresh(callbacks: list[Any], logger: Any) -> Trainer:
             cfg = dict(trainer_cfg)
             user = [copy.deepcopy(c) for c in (cfg.pop("callbacks", None) or [])]
             cfg.update(callbacks=user + list(callbacks), logger=logger)
             cfg["enable_checkpointing"] = False
+            cfg["log_every_n_steps"] = log_interval(cfg.get("log_every_n_steps"), datamodule)
+            if cfg.get("enable_progress_bar") is False:  # mtal's one bar per fit instead
+                cycle = next((c.cycle for c in callbacks if isinstance(c, CycleTracker)), None)
+                desc = "fit" if cycle is None else f"cycle {cycle} fit"
+                cfg["callbacks"].append(FitProgress(desc))
             return Trainer(**cfg)
 
         if isinstance(self.trainer, ActiveTrainer):

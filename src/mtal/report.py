@@ -6,6 +6,9 @@ into ``<experiment>/report/``:
 - ``curve_<metric>.png``: the metric against % of labels bought, mean ± std over
   seeds per strategy, with the fully-trained reference as a horizontal line;
 - ``table.md`` and ``table.csv``: mean ± std per strategy and cycle;
+- ``overview.png``: every metric's AL curves in one figure;
+- ``gallery/<strategy>_seed<k>_cycle_<c>.png``: thumbnails of the images requested for
+  cycle ``c`` with the tasks requested and their scores;
 - ``savings.md``: labels each strategy needs to reach the fully-trained multi-task
   loss, and the savings against every other strategy.
 
@@ -251,6 +254,7 @@ def write_report(experiment_dir: str | Path) -> Path:
         if curves:
             name = metric.replace("val/", "").replace("/", "_")
             plot_curve(curves, metric, reference_value(runs, metric), out / f"curve_{name}.png")
+    write_pictures(experiment_dir, out, runs, metrics)
     rows = table_rows({s: runs[s] for s in strategies}, metrics)
     columns = ["strategy", "cycle", "% labels", "labels", "seeds", *metrics]
     with (out / "table.csv").open("w", newline="") as handle:
@@ -280,6 +284,21 @@ def write_report(experiment_dir: str | Path) -> Path:
 
     write_diagnostics_report({s: runs[s] for s in strategies}, out)  # diag/* of mtal loop
     return out
+
+
+def write_pictures(
+    experiment_dir: Path,
+    out: Path,
+    runs: dict[str, list[list[dict[str, float]]]],
+    metrics: list[str],
+) -> None:
+    """``overview.png`` (all AL curves) and ``gallery/<run>_seed<k>_cycle_<c>.png`` (what
+    each run picked, see :mod:`mtal.gallery`)."""
+    from mtal.gallery import write_galleries
+    from mtal.overview import plot_overview
+
+    plot_overview(runs, metrics, out / "overview.png")
+    write_galleries(experiment_dir, out / "gallery")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -173,6 +173,9 @@ def _wandb_logger(
         notes=redact(notes) or None,
         **extra,
     )
+    # WandbLogger always passes anonymous=None, which wandb >= 0.19 warns about
+    # ("The anonymous setting has no effect"); not passing it at all is the same run
+    logger._wandb_init.pop("anonymous", None)
     if config is not None:
         logger.log_hyperparams(redact(dict(config)))
     return logger
@@ -205,3 +208,86 @@ LOGGER_KINDS: dict[str, Callable[..., Logger | None]] = {
     "csv": _csv_logger,
     "none": _no_logger,
 }
+
+
+def _wandb_run(logger: Any) -> Any:
+    """The W&B run behind ``logger`` (a WandbLogger, possibly wrapped in OffsetLogger), or,
+    for ``logger=None``, the process's active W&B run; None when W&B is not in use."""
+    inner = getattr(logger, "inner", logger)
+    if inner is not None:
+        return inner.experiment if type(inner).__name__ == "WandbLogger" else None
+    wandb = sys.modules.get("wandb")
+    return None if wandb is None else getattr(wandb, "run", None)
+
+
+def request_table(selection: Any, pool: Any, dataset: Any, cycle: int, thumb: int = 96) -> Any:
+    """A ``wandb.Table`` of a labelling request: one row per image with its thumbnail,
+    id, the tasks requested and the per-task scores (NaN where not scored)."""
+    import numpy as np
+    import wandb
+
+    from mtal.gallery import thumbnail
+
+    tasks = list(pool.tasks)
+    columns = ["cycle", "thumbnail", "image_index", "image_id", "tasks"]
+    columns += [f"score_{t}" for t in tasks]
+    table = wandb.Table(columns=columns)
+    pairs = np.asarray(selection.pairs).reshape(-1, 2)
+    for row, image in enumerate(np.asarray(selection.images).tolist()):
+        asked = sorted(int(c) for i, c in pairs.tolist() if int(i) == int(image))
+        scores = [float(v) for v in np.asarray(selection.scores)[row]]
+        table.add_data(
+            int(cycle),
+            wandb.Image(thumbnail(dataset, int(image), thumb)),
+            int(image),
+            str(pool.image_ids[int(image)]),
+            ";".join(tasks[c] for c in asked),
+            *scores,
+        )
+    return table
+
+
+def curve_charts(rows: list[Mapping[str, Any]], x: str = "labels") -> dict[str, Any]:
+    """W&B custom line charts of the AL curves: every ``val/*`` metric of ``metrics.csv``
+    ``rows`` against ``x`` (labels bought), keyed ``al/curve/<metric>``."""
+    import wandb
+
+    def number(value: Any) -> float | None:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            return None
+
+    metrics = sorted({k for r in rows for k in r if k.startswith("val/")})
+    charts: dict[str, Any] = {}
+    for metric in metrics:
+        points = [(number(r.get(x)), number(r.get(metric))) for r in rows]
+        points = [(a, b) for a, b in points if a is not None and b is not None]
+        if not points:
+            continue
+        table = wandb.Table(data=[list(p) for p in points], columns=[x, metric])
+        charts[f"al/curve/{metric}"] = wandb.plot.line(
+            table, x, metric, title=f"AL curve: {metric} vs {x}"
+        )
+    return charts
+
+
+def log_request(
+    logger: Any,
+    selection: Any,
+    pool: Any,
+    dataset: Any,
+    cycle: int,
+    curve: list[Mapping[str, Any]] | None = None,
+) -> bool:
+    """Log an acquisition to W&B (when in use): the request as a ``wandb.Table``
+    (``al/request``) and, given ``metrics.csv`` rows, the AL curves as custom charts.
+    Returns whether anything was logged."""
+    run = _wandb_run(logger)
+    if run is None:
+        return False
+    payload: dict[str, Any] = {"al/request": request_table(selection, pool, dataset, cycle)}
+    if curve:
+        payload.update(curve_charts(list(curve)))
+    run.log(payload)
+    return True

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from mtal.acquisition.base import AcquisitionContext
+from mtal.progress import bar
 
 #: a summary larger than this many values per sample is refused (it would make the
 #: retained memory scale with the pool's pixels instead of its size)
@@ -88,7 +89,9 @@ def stream_summaries(
     chunks: dict[str, list[torch.Tensor]] = {}
     seen: list[torch.Tensor] = []
     with eval_mode(ctx.model), seeded_torch(seed, ctx.device), torch.inference_mode():
-        for batch in ctx.datamodule.pool_loader(indices, with_labels=with_labels):
+        loader = ctx.datamodule.pool_loader(indices, with_labels=with_labels)
+        total = len(loader) if hasattr(loader, "__len__") else None
+        for batch in bar(loader, total=total, desc=f"scoring {len(indices)} images"):
             batch = to_device(batch, ctx.device)
             size = int(batch["index"].shape[0])
             out = summarise(batch)

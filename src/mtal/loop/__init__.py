@@ -1,4 +1,9 @@
-"""The active-learning cycle driver and its Lightning callback.
+"""The active-learning cycle driver and its Lightning callbacks.
+
+:class:`ActiveLoop` (``callback.py``) scores the pool and buys labels inside any
+``Trainer.fit`` (the adapter protocol is in ``adapter.py``); :class:`CycleTracker` keeps
+one cycle's best weights. The driver below runs ``mtal loop`` and selects through
+``ActiveLoop.select``.
 
 One cycle = fit (continuous training from the previous cycle's best weights, fresh
 optimiser) → validate → log → select → label (the dataset's own annotations are the
@@ -31,7 +36,8 @@ itself the ``n``-th time it reaches ``point`` (one of :data:`CRASH_POINTS`), so 
 crash at exact places (e.g. between a state write and a pool write).
 """
 
-from mtal.loop.callback import ActiveLoop
+from mtal.loop.adapter import ActiveModule, ScoringNetwork
+from mtal.loop.callback import Acquisition, ActiveLoop, CycleTracker
 from mtal.loop.crash import CRASH_ENV, CRASH_POINTS, crash_point, parse_crash_spec
 from mtal.loop.driver import ActiveLearningLoop, CycleResult
 from mtal.loop.oracle import apply_selection
@@ -60,12 +66,16 @@ __all__ = [
     "CRASH_POINTS",
     "STATE_SCHEMA",
     "STATE_VERSION",
+    "Acquisition",
     "ActiveLearningLoop",
     "ActiveLoop",
+    "ActiveModule",
     "CycleResult",
+    "CycleTracker",
     "LoopSettings",
     "MetricsTable",
     "RunFolder",
+    "ScoringNetwork",
     "apply_selection",
     "budget_in_labels",
     "check_budget",

@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch import LightningModule, Trainer, seed_everything
 
 from mtal.io import StateFileError
-from mtal.loop.callback import ActiveLoop
+from mtal.loop.callback import ActiveLoop, CycleTracker
 from mtal.loop.crash import crash_point
 from mtal.loop.oracle import apply_selection
 from mtal.loop.runfolder import (
@@ -36,6 +36,7 @@ from mtal.loop.settings import (
     run_dir_for,
     validate_settings,
 )
+from mtal.progress import Clock
 from mtal.tracking import OffsetLogger, close_logger, create_logger
 
 if TYPE_CHECKING:
@@ -229,6 +230,7 @@ class ActiveLearningLoop:
             notes=s.description,
         )
         results: list[CycleResult] = []
+        clock = Clock(s.cycles - latest)  # elapsed and ETA on every cycle line
         try:
             for ran, cycle in enumerate(range(latest, s.cycles)):
                 if s.stop_after is not None and ran >= s.stop_after:
@@ -267,7 +269,7 @@ class ActiveLearningLoop:
                 self.progress(
                     f"[mtal] cycle {cycle}: {metrics.get(s.monitor, float('nan')):.4f} {s.monitor}; "
                     f"bought {len(selection.pairs)} labels on {len(selection.images)} images "
-                    f"({time.perf_counter() - start:.1f}s)"
+                    f"({time.perf_counter() - start:.1f}s; cycles {clock.lap()})"
                 )
                 results.append(CycleResult(cycle, metrics, len(selection.pairs)))
         except BaseException:
@@ -315,7 +317,7 @@ class ActiveLearningLoop:
             self.module.load_state_dict(load_weights(self.weights_path(cycle - 1)))
         stats = pool_stats(pool)
         offset = int(state["step_offsets"][str(cycle)])
-        callback = ActiveLoop(cycle, stats, monitor=s.monitor, mode=s.monitor_mode)
+        callback = CycleTracker(cycle, stats, monitor=s.monitor, mode=s.monitor_mode)
         wrapped = OffsetLogger(logger, offset) if logger is not None else False
         trainer = self.make_trainer(callbacks=[callback], logger=wrapped)
         trainer.fit(self.module, datamodule=self.datamodule)
@@ -342,38 +344,45 @@ class ActiveLearningLoop:
         state: dict[str, Any],
         strategy_state: dict[str, Any],
     ) -> Selection:
-        """Select with the loop's strategy; torch/numpy are reseeded from (seed, cycle)
-        first, so MC dropout or auto-encoder training do not depend on what ran before."""
-        from mtal.acquisition.base import AcquisitionContext
-        from mtal.diagnostics import module_task_weights
+        """Select with the loop's strategy through :meth:`ActiveLoop.select` (the code the
+        callback uses): torch/numpy are reseeded from (seed, cycle) first, so MC dropout
+        or auto-encoder training do not depend on what ran before. With W&B the request
+        and the AL curve so far are logged. Then (``loop.diagnostics``) the ``diag/*``
+        correlations of the scores with the true task losses (:mod:`mtal.diagnostics`)."""
+        from mtal.tracking import log_request
 
         net = getattr(self.module, "net", self.module)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         net.to(device)
-        seed = derive_seed(self.settings.seed, "select", cycle)
-        state["seeds"][f"select_cycle_{cycle}"] = seed
-        seed_everything(seed, workers=True, verbose=False)
-        ctx = AcquisitionContext(
-            model=net,
-            tasks=dict(self.module.task_objects),
+        acquirer = ActiveLoop(self.strategy, seed=self.settings.seed)
+        state["seeds"][f"select_cycle_{cycle}"] = acquirer.select_seed(cycle)
+        selection = acquirer.select(
+            self.module,
+            self.datamodule,
+            cycle,
+            budget=budget,
             pool=pool,
-            datamodule=self.datamodule,
-            device=device,
-            cycle=cycle,
-            seed=seed,
             state=strategy_state,
-            task_weights=module_task_weights(self.module),
+            device=device,
         )
-        selection = self.strategy.select(ctx, budget)
         if self.settings.diagnostics:  # after select: the oracle path reads true labels
-            from mtal.diagnostics import acquisition_diagnostics
+            from mtal.diagnostics import acquisition_diagnostics, module_task_weights
 
             self.diagnostics = acquisition_diagnostics(
                 self.strategy,
-                ctx,
+                acquirer.last_context,
                 module_task_weights(self.module),
                 self.settings.diagnostics_max_images,
-                seed,
+                acquirer.select_seed(cycle),
             )
         net.to("cpu")
+        if self.settings.logger == "wandb":
+            log_request(
+                None,
+                selection,
+                pool,
+                self.datamodule.train_dataset,
+                cycle + 1,
+                curve=self.metrics.rows(),
+            )
         return selection
