@@ -624,7 +624,14 @@ def test_coreset_default_runs_on_the_fused_map_pooled_to_a_grid() -> None:
     assert sel.images.tolist() != brute_force_k_center(emb, mask, 4)
     with pytest.raises(ValueError, match="features"):
         create_strategy("coreset", features="gap")
-    with pytest.raises(ValueError, match="extras"):
+    assert sel.diagnostics["features"] == "fused"
+    # a network without the fused map (a user's own) is scored on its embedding, and says so
+    plain = create_strategy("coreset").select(
+        make_ctx(TableModel({"a": np.zeros(n)}, embedding=emb), n, ["a"], labelled), 4
+    )
+    assert plain.images.tolist() == brute_force_k_center(emb, mask, 4)
+    assert plain.diagnostics["features"].startswith("embedding")
+    with pytest.raises(ValueError, match="neither"):
         create_strategy("coreset").select(
             make_ctx(TableModel({"a": np.zeros(n)}), n, ["a"], [0]), 1
         )

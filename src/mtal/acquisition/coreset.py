@@ -24,17 +24,25 @@ CORESET_FEATURES = ("fused", "embedding")
 
 
 def fused_summary(ctx: AcquisitionContext, grid: int) -> Summarise:
-    """Summary: the fused pre-head encoder map average-pooled to ``grid``×``grid`` → [B, C·g²]."""
+    """Summary: the fused pre-head encoder map average-pooled to ``grid``×``grid`` → [B, C·g²];
+    a network without ``extras["fused"]`` (a user's own, see the adapter protocol) gives
+    its pooled ``embedding`` instead, and the batch says so (``fused`` = 0)."""
 
     def summarise(batch: dict) -> dict[str, torch.Tensor]:
         out = forward(ctx, batch)
         fused = out.extras.get("fused") if out.extras else None
-        if fused is None:
+        if fused is not None:
+            feats = torch.nn.functional.adaptive_avg_pool2d(fused, grid).flatten(1)
+        elif out.embedding is not None:
+            feats = out.embedding.flatten(1)
+        else:
             raise ValueError(
-                "coreset features='fused' needs MultiTaskOutput.extras['fused'] (the pre-head "
-                "encoder map, returned by mtal's padnet/hps); use features: embedding otherwise"
+                "coreset needs MultiTaskOutput.extras['fused'] (the pre-head encoder map, "
+                "mtal's padnet/hps return it) or MultiTaskOutput.embedding; the model gives "
+                "neither"
             )
-        return {"embedding": torch.nn.functional.adaptive_avg_pool2d(fused, grid).flatten(1)}
+        flag = torch.full((feats.shape[0], 1), float(fused is not None), device=feats.device)
+        return {"embedding": feats, "fused": flag}
 
     return summarise
 
@@ -47,6 +55,8 @@ class CoreSet(Strategy):
     pre-head encoder map average-pooled to ``grid``×``grid`` (``grid=4`` is ours: the paper
     does not say how the map is reduced); ``"embedding"`` the pooled coarsest backbone
     level ``MultiTaskOutput.embedding`` (the only one the ``train_features`` hook serves).
+    A network without ``extras["fused"]`` is scored on its ``embedding`` (the selection's
+    ``diagnostics["features"]`` says so).
     """
 
     name = "coreset"
@@ -69,13 +79,18 @@ class CoreSet(Strategy):
 
         unl = np.asarray(ctx.pool.unlabelled_images(), dtype=np.int64)
         lab = np.asarray(ctx.pool.labelled_images(), dtype=np.int64)
+        used = self.features
         if self.features == "embedding":
             summarise = embedding_summary(ctx)
             f_lab = labelled_features(ctx, lab, summarise, "embedding")
+            f_unl = stream_summaries(ctx, unl, summarise)["embedding"]
         else:
             summarise = fused_summary(ctx, self.grid)
-            f_lab = stream_summaries(ctx, lab, summarise).get("embedding", torch.zeros(0, 0))
-        f_unl = stream_summaries(ctx, unl, summarise)["embedding"]
+            got_lab = stream_summaries(ctx, lab, summarise)
+            got = stream_summaries(ctx, unl, summarise)
+            f_lab, f_unl = got_lab.get("embedding", torch.zeros(0, 0)), got["embedding"]
+            if not bool(got["fused"].all()):
+                used = "embedding (the model returns no extras['fused'])"
         if len(lab) == 0:
             f_lab = f_unl.new_zeros((0, f_unl.shape[1]))
         features = torch.cat([f_lab, f_unl]).numpy().astype(np.float32)
@@ -89,4 +104,6 @@ class CoreSet(Strategy):
                 f"mtal.search.k_center_greedy returned {picked.tolist()} for a budget of {count} "
                 f"among rows {len(lab)}..{len(features) - 1}; expected distinct unlabelled rows"
             )
-        return whole_images(ctx, unl[picked - len(lab)], diagnostics={"candidates": len(unl)})
+        return whole_images(
+            ctx, unl[picked - len(lab)], diagnostics={"candidates": len(unl), "features": used}
+        )
