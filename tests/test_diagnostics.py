@@ -286,3 +286,12 @@ def test_report_writes_diagnostics_table_and_plot(tmp_path) -> None:
     assert "| mtal | 10.0 | 0.300 ± 0.100 | 0.000 ± 0.100 |" in text
     assert "| partal | 10.0 |  | 0.400 ± 0.100 |" in text
     assert (out / "diagnostics.png").stat().st_size > 1000
+
+
+def test_diagnose_subcommand_parses_and_names_a_missing_weights_file(tmp_path) -> None:
+    from mtal.cli import run_cli
+
+    missing = tmp_path / "nope.pt"
+    with pytest.raises(FileNotFoundError, match="diagnose --weights .*nope.pt"):
+        run_cli(["diagnose", "--weights", str(missing), "--out", str(tmp_path / "d.csv")])
+    assert not (tmp_path / "d.csv").exists()
