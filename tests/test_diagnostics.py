@@ -295,3 +295,16 @@ def test_diagnose_subcommand_parses_and_names_a_missing_weights_file(tmp_path) -
     with pytest.raises(FileNotFoundError, match="diagnose --weights .*nope.pt"):
         run_cli(["diagnose", "--weights", str(missing), "--out", str(tmp_path / "d.csv")])
     assert not (tmp_path / "d.csv").exists()
+
+
+def test_report_adds_equal_star_as_the_best_single_task_equal() -> None:
+    from mtal.report import add_equal_star
+
+    runs = {
+        "equal-depth": [[{"cycle": 0, "val/mtl_loss": 3.0}, {"cycle": 1, "val/mtl_loss": 2.0}]],
+        "equal-semseg": [[{"cycle": 0, "val/mtl_loss": 3.0}, {"cycle": 1, "val/mtl_loss": 1.5}]],
+        "mtal": [[{"cycle": 0, "val/mtl_loss": 1.0}, {"cycle": 1, "val/mtl_loss": 0.5}]],
+    }
+    assert add_equal_star(runs) == "equal-semseg"
+    assert runs["equal*"] is runs["equal-semseg"]
+    assert add_equal_star({"mtal": runs["mtal"]}) is None
