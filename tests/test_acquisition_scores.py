@@ -130,6 +130,7 @@ class TableModel(torch.nn.Module):
         embedding: np.ndarray | None = None,
         sigma: Mapping[str, np.ndarray] | None = None,
         big: int = 0,
+        initial: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         super().__init__()
         self.drop = torch.nn.Dropout(0.5)
@@ -139,6 +140,7 @@ class TableModel(torch.nn.Module):
         self.embedding = embedding
         self.sigma = sigma
         self.big = big
+        self.initial = initial
         self.calls: list[dict[str, Any]] = []
         self.outputs: list[weakref.ref] = []
 
@@ -177,7 +179,15 @@ class TableModel(torch.nn.Module):
         )
         if self.big:
             final = {k: v.expand(-1, self.big, -1, -1).clone() for k, v in final.items()}
-        out = MultiTaskOutput(final=final, committee=committee, task_features=feats, embedding=emb)
+        initial = None
+        if self.initial is not None:
+            initial = {
+                k: self._maps(torch.as_tensor(v, dtype=torch.float32), idx, size)
+                for k, v in self.initial.items()
+            }
+        out = MultiTaskOutput(
+            final=final, initial=initial, committee=committee, task_features=feats, embedding=emb
+        )
         for v in final.values():
             self.outputs.append(weakref.ref(v))
         return out
@@ -219,7 +229,9 @@ def test_mtal_inconsistency_matches_hand_computation() -> None:
     }
     model = TableModel(final, committee)
     ctx = make_ctx(model, 6, ["a", "b"], [0, 1])
-    sel = create_strategy("mtal", variant="inconsistency", tie_break="index").select(ctx, 4)
+    sel = create_strategy(
+        "mtal", variant="inconsistency", tie_break="index", anchor="final"
+    ).select(ctx, 4)
     # ŝ_a = |final − member b| = [.5, 0, .5, 2] → s_a = [.25, 0, .25, 1]
     # ŝ_b = [0, 1, 3, .5] → s_b = [0, 1/3, 1, 1/6]; max_k s_k = [.25, 1/3, 1, 1]
     # top 2: images 4 and 5 tie at 1 → lowest index first
@@ -229,10 +241,12 @@ def test_mtal_inconsistency_matches_hand_computation() -> None:
     np.testing.assert_allclose(sel.diagnostics["selected_score"], [1.0, 1.0])
     assert all(c["committee"] == 1 for c in model.calls)
     # with the initial member (final + 99) it dominates: every ŝ_k = 99, s_k = 0 everywhere
+    # (no task ranks), and a constant task keeps loss weight 1.0 (not 0) on bought images
     sel = create_strategy(
-        "mtal", variant="inconsistency", include_initial=True, tie_break="index"
+        "mtal", variant="inconsistency", include_initial=True, tie_break="index", anchor="final"
     ).select(ctx, 4)
-    np.testing.assert_allclose(sel.weights, 0.0)
+    np.testing.assert_allclose(sel.scores, 0.0)
+    np.testing.assert_allclose(sel.weights, 1.0)
     assert sel.images.tolist() == [2, 3]
 
 
@@ -253,9 +267,9 @@ def test_mtal_committee_max_over_all_partner_sets() -> None:
     }
     model = TableModel(final, committee)
     ctx = make_ctx(model, n, names, [0])
-    sel = create_strategy("mtal", variant="inconsistency", committee=2, tie_break="index").select(
-        ctx, 6
-    )
+    sel = create_strategy(
+        "mtal", variant="inconsistency", committee=2, tie_break="index", anchor="final"
+    ).select(ctx, 6)
     unl = np.arange(1, n)
     raw = np.stack(
         [
@@ -291,7 +305,7 @@ def test_mtal_full_score_is_diversity_times_max_task_score(monkeypatch) -> None:
 
     monkeypatch.setitem(mc.VARIANTS, "full", (True, fake_div))
     ctx = make_ctx(model, 6, ["a", "b"], [0, 1])
-    sel = create_strategy("mtal", feature_pool=2).select(ctx, 2)
+    sel = create_strategy("mtal", feature_pool=2, anchor="final").select(ctx, 2)
     # s_a = [.25, 0, .25, 1], s_b = [1/3, 1, 0, 2/3] → max = [1/3, 1, .25, 1]
     # s = div · max = [4/3, 1, .5, .5] → image 2
     assert sel.images.tolist() == [2]
@@ -343,18 +357,22 @@ def test_ae_distance_is_nearest_code_distance_and_ae_learns() -> None:
     assert hist[-1] < 0.3 * hist[0]
 
 
-def test_maxst_is_max_of_normalised_per_task_distances() -> None:
+def test_maxst_is_max_of_per_task_distances() -> None:
     rng = np.random.default_rng(4)
     f = torch.as_tensor(rng.normal(size=(9, 5, 1, 1)), dtype=torch.float32)
-    strat = create_strategy("mtal", variant="maxst")
+    strat = create_strategy("mtal", variant="maxst", maxst_normalise=True)
     ctx = make_ctx(TableModel({"a": np.zeros(1)}), 1, ["a"], [])
     got = mc.maxst_distance(strat, ctx, f[3:], f[:3], [2, 3], seed=0)
     x = f.numpy().reshape(9, 5).astype(np.float64)
     per = []
     for sl in (slice(0, 2), slice(2, 5)):
         d = np.sqrt(((x[3:, None, sl] - x[None, :3, sl]) ** 2).sum(-1)).min(1)
-        per.append((d - d.min()) / (d.max() - d.min()))
-    np.testing.assert_allclose(got, np.max(per, axis=0), rtol=1e-4, atol=1e-5)
+        per.append(d)
+    norm = [(d - d.min()) / (d.max() - d.min()) for d in per]
+    np.testing.assert_allclose(got, np.max(norm, axis=0), rtol=1e-4, atol=1e-5)
+    # the paper's Max-ST (default): the max of the raw per-task distances
+    raw = mc.maxst_distance(create_strategy("mtal", variant="maxst"), ctx, f[3:], f[:3], [2, 3], 0)
+    np.testing.assert_allclose(raw, np.max(per, axis=0), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("fn", [mc.vaal_score, mc.ae_disc_score])
@@ -369,8 +387,11 @@ def test_discriminator_variants_prefer_samples_unlike_the_labelled(fn) -> None:
     ctx = make_ctx(TableModel({"a": np.zeros(1)}), 1, ["a"], [])
     score = fn(strat, ctx, torch.cat([near, far]), lab, [2], seed=5)
     assert score.shape == (32,)
-    assert ((score >= 0) & (score <= 1)).all()
-    assert score[16:].mean() > score[:16].mean() + 0.2
+    if fn is mc.vaal_score:  # 1 − D: a probability
+        assert ((score >= 0) & (score <= 1)).all()
+        assert score[16:].mean() > score[:16].mean() + 0.2
+    else:  # Eq. 3 distance of the adversarially trained AE's codes
+        assert (score >= 0).all() and score[16:].mean() > 2 * score[:16].mean()
 
 
 # --------------------------------------------------------------------------- MTAL sample weights
@@ -391,6 +412,7 @@ def make_label_ctx(model: torch.nn.Module, n: int, tasks: list[str], labelled: l
 
 
 def weights_of(ctx: AcquisitionContext, budget: int = 4, **kw: Any):
+    kw.setdefault("anchor", "final")
     return create_strategy("mtal", variant="inconsistency", tie_break="index", **kw).select(
         ctx, budget
     )
@@ -572,11 +594,47 @@ def test_coreset_equals_brute_force_k_center() -> None:
     labelled = [0, 3, 11, 19]
     model = TableModel({"a": np.zeros(n), "b": np.zeros(n)}, embedding=emb)
     ctx = make_ctx(model, n, ["a", "b"], labelled)
-    sel = create_strategy("coreset").select(ctx, 10)
+    sel = create_strategy("coreset", features="embedding").select(ctx, 10)
     mask = np.zeros(n, bool)
     mask[labelled] = True
     assert sel.images.tolist() == brute_force_k_center(emb, mask, 5)
     assert sel.pairs.shape == (10, 2)
+
+
+def test_coreset_default_runs_on_the_fused_map_pooled_to_a_grid() -> None:
+    # WACV24: k-center on the pre-head (fused) map; pooled to 2×2 here by hand
+    n = 14
+    fused = np.random.default_rng(3).normal(size=(n, 3, 8, 8))
+    emb = np.random.default_rng(4).normal(size=(n, 5))  # must not be used
+
+    class FusedModel(TableModel):
+        def forward(self, image, **kw):
+            out = super().forward(image, **kw)
+            idx = image[:, 0, 0, 0].round().long()
+            out.extras["fused"] = torch.as_tensor(fused, dtype=torch.float32)[idx]
+            return out
+
+    labelled = [0, 5, 9]
+    ctx = make_ctx(FusedModel({"a": np.zeros(n)}, embedding=emb), n, ["a"], labelled)
+    sel = create_strategy("coreset", grid=2).select(ctx, 4)
+    pooled = fused.reshape(n, 3, 2, 4, 2, 4).mean(axis=(3, 5)).reshape(n, -1)
+    mask = np.zeros(n, bool)
+    mask[labelled] = True
+    assert sel.images.tolist() == brute_force_k_center(pooled, mask, 4)
+    assert sel.images.tolist() != brute_force_k_center(emb, mask, 4)
+    with pytest.raises(ValueError, match="features"):
+        create_strategy("coreset", features="gap")
+    assert sel.diagnostics["features"] == "fused"
+    # a network without the fused map (a user's own) is scored on its embedding, and says so
+    plain = create_strategy("coreset").select(
+        make_ctx(TableModel({"a": np.zeros(n)}, embedding=emb), n, ["a"], labelled), 4
+    )
+    assert plain.images.tolist() == brute_force_k_center(emb, mask, 4)
+    assert plain.diagnostics["features"].startswith("embedding")
+    with pytest.raises(ValueError, match="neither"):
+        create_strategy("coreset").select(
+            make_ctx(TableModel({"a": np.zeros(n)}), n, ["a"], [0]), 1
+        )
 
 
 # --------------------------------------------------------------------------- PartAL
@@ -624,6 +682,17 @@ def test_partal_normalisation_frozen_after_first_cycle_and_gt_substituted() -> N
     np.testing.assert_allclose(sel2.scores[0, 0], 55 / 27, rtol=1e-6)
 
 
+def test_partal_without_normalisation_ranks_raw_uncertainty() -> None:
+    # PartAL Fig. 12 ablation: u = σ²; a: images 2..5 → 9, 16, 25, 36; b: 1..5 → 1, 1, 1, 4, 9
+    n, names = 6, ["a", "b"]
+    sigma = {"a": np.array([1, 2, 3, 4, 5, 6.0]), "b": np.array([0.5, 1, 1, 1, 2, 3.0])}
+    ctx = make_ctx(TableModel({t: np.zeros(n) for t in names}, sigma=sigma), n, names, [0])
+    ctx.pool.label_pairs([[1, 0]], cycle=0)
+    sel = create_strategy("partal", mc_samples=4, normalise=False, tie_break="index").select(ctx, 3)
+    assert sel.pairs.tolist() == [[5, 0], [4, 0], [3, 0]]
+    np.testing.assert_allclose(sel.scores[:, 0], [36, 25, 16], rtol=1e-5)
+
+
 def test_partal_refuses_state_of_other_tasks() -> None:
     model = TableModel({"a": np.zeros(4)}, sigma={"a": np.ones(4)})
     ctx = make_ctx(model, 4, ["a"], [], state={"partal": {"tasks": ["x"], "min": [0], "max": [1]}})
@@ -647,6 +716,11 @@ def test_ll4al_sums_predicted_losses() -> None:
     # sums for images 1..5: 1.4, 2.3, .2, 1.1, 2.0 → 2 then 5
     assert sel.images.tolist() == [2, 5]
     np.testing.assert_allclose(sel.scores, [[2, 0.3], [2, 0]], atol=1e-6)
+    # WACV24: Σ_k w_k l̂_k with the config's task weights; b ×20: 9, 8, 4, 3, 2 → 1 then 2
+    ctx.task_weights = {"a": 1.0, "b": 20.0}
+    sel = create_strategy("ll4al").select(ctx, 4)
+    assert sel.images.tolist() == [1, 2]
+    np.testing.assert_allclose(sel.diagnostics["selected_score"], [9, 8], rtol=1e-5)
 
 
 def test_flip_divergences_by_hand() -> None:
@@ -690,12 +764,36 @@ def test_rbal_ranks_sum() -> None:
     sigma = {"a": np.array([0, 0.1, 0.3, 0.3, 0.2]), "b": np.array([0, 5.0, 1, 2, 9])}
     model = TableModel({"a": np.zeros(5), "b": np.zeros(5)}, sigma=sigma)
     ctx = make_ctx(model, 5, ["a", "b"], [0])
-    sel = create_strategy("rbal", mc_samples=2, tie_break="index").select(ctx, 2)
+    sel = create_strategy("rbal", uncertainty="mc", mc_samples=2, tie_break="index").select(ctx, 2)
     # rank sums: [4, 4.5, 5.5, 6] → image 4
     assert sel.images.tolist() == [4]
     np.testing.assert_allclose(sel.scores, [[0.04, 81]], rtol=1e-5)
     with pytest.raises(ValueError, match="regression"):
-        create_strategy("rbal", mc_samples=1).select(ctx, 2)
+        create_strategy("rbal", uncertainty="mc", mc_samples=1).select(ctx, 2)
+    with pytest.raises(ValueError, match="uncertainty"):
+        create_strategy("rbal", uncertainty="entropy")
+
+
+def test_rbal_default_ranks_per_task_equal_scores_by_hand() -> None:
+    # WACV24's RBAL: ranks of per-task EquAL scores. The image index is the max of channel
+    # 0 (flip-invariant); raw_t = x + c_t(i)·ramp, so EquAL_t = |c_t(i)|·mean|r − flip r|
+    # = 4/7·|c_t(i)| on 8 columns.
+    coef = {"a": torch.tensor([0, 1, 3, 2, 4.0]), "b": torch.tensor([0, 4, 1, 3, 2.0])}
+
+    class RampModel(torch.nn.Module):
+        def forward(self, image, **kw):
+            idx = image[:, 0].amax(dim=(1, 2)).floor().long()
+            ramp = torch.linspace(0, 1, image.shape[-1])
+            return MultiTaskOutput(
+                final={t: image[:, 1:2] + c[idx].view(-1, 1, 1, 1) * ramp for t, c in coef.items()}
+            )
+
+    ctx = make_ctx(RampModel(), 5, ["a", "b"], [0])
+    sel = create_strategy("rbal", tie_break="index").select(ctx, 2)
+    # ranks a: 1 3 2 4, b: 4 1 3 2 → sums 5 4 5 6 → image 4, scores 4/7·(4, 2)
+    assert sel.images.tolist() == [4]
+    np.testing.assert_allclose(sel.scores, [[16 / 7, 8 / 7]], rtol=1e-5)
+    assert sel.diagnostics["uncertainty"] == "equal"
 
 
 def test_minmax_constant_column_is_zero() -> None:
@@ -746,10 +844,53 @@ def test_mc_passes_are_seeded_and_leave_global_rng_alone() -> None:
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    first = create_strategy("rbal", mc_samples=3).select(ctx, 3)
+    first = create_strategy("rbal", uncertainty="mc", mc_samples=3).select(ctx, 3)
     assert torch.equal(torch.rand(3), expected)
-    second = create_strategy("rbal", mc_samples=3).select(ctx, 3)
+    second = create_strategy("rbal", uncertainty="mc", mc_samples=3).select(ctx, 3)
     np.testing.assert_array_equal(first.scores, second.scores)
     ctx.seed = 1
-    third = create_strategy("rbal", mc_samples=3).select(ctx, 3)
+    third = create_strategy("rbal", uncertainty="mc", mc_samples=3).select(ctx, 3)
     assert not np.array_equal(first.scores, third.scores)
+
+
+def test_mtal_eq1_anchors_on_the_initial_prediction_by_hand() -> None:
+    # WACV24 Eq. 1: ŝ_k = max_j L_k(ŷ_k initial, ŷ_kj); tasks a, b, c; image 0 labelled
+    initial = {"a": np.array([0, 1, 2, 3.0]), "b": np.zeros(4), "c": np.array([0, 0, 4, 1.0])}
+    final = {t: v + 50 for t, v in initial.items()}  # far away: must not be the anchor
+    committee = {
+        "a": {"initial": initial["a"], "b": np.array([0, 2, 2, 3.0]), "c": [0, 1, 5, 3.0]},
+        "b": {"initial": initial["b"], "a": np.array([0, 0, 1, 0.0]), "c": [0, 2, 0, 0.0]},
+        "c": {"initial": initial["c"], "a": np.array([0, 0, 4, 1.0]), "b": [0, 3, 4, 1.0]},
+    }
+    model = TableModel(final, committee, initial=initial)
+    ctx = make_ctx(model, 4, ["a", "b", "c"], [0])
+    sel = create_strategy("mtal", variant="inconsistency", tie_break="index").select(ctx, 3)
+    # unlabelled 1, 2, 3: ŝ_a = max(|1−2|, |1−1|), max(0, 3), max(0, 0) = [1, 3, 0]
+    # ŝ_b = [max(0, 2), max(1, 0), 0] = [2, 1, 0]; ŝ_c = [max(0, 3), 0, 0] = [3, 0, 0]
+    # s_a = [1/3, 1, 0], s_b = [1, .5, 0], s_c = [1, 0, 0]; max = [1, 1, 0] → image 1
+    assert sel.images.tolist() == [1]
+    np.testing.assert_allclose(sel.scores, [[1 / 3, 1.0, 1.0]], rtol=1e-6)
+    assert all(c.get("committee_mode") == "learnable" for c in model.calls if c.get("committee"))
+    # anchor=final measures against final (= initial + 50): ŝ_k ≈ 50 everywhere, differs
+    fin = create_strategy("mtal", variant="inconsistency", tie_break="index", anchor="final")
+    assert fin.select(ctx, 3).scores.tolist() != sel.scores.tolist()
+    with pytest.raises(ValueError, match="anchor"):
+        create_strategy("mtal", anchor="refined")
+    with pytest.raises(ValueError, match="committee_mode"):
+        create_strategy("mtal", committee_mode="pairs")
+
+
+def test_vaal_vae_kl_term_matches_torch_distributions() -> None:
+    from torch.distributions import Normal, kl_divergence
+
+    from mtal.acquisition.diversity import FeatureAutoEncoder, gaussian_kl
+
+    g = torch.Generator().manual_seed(0)
+    mu, logvar = torch.randn(5, 3, generator=g), torch.randn(5, 3, generator=g)
+    ref = kl_divergence(Normal(mu, (0.5 * logvar).exp()), Normal(0.0, 1.0)).sum(1).mean()
+    torch.testing.assert_close(gaussian_kl(mu, logvar), ref)
+    vae = FeatureAutoEncoder(2, 2, code_dim=4, hidden=3, variational=True)
+    x = torch.randn(6, 2, 2, 2, generator=g)
+    m, lv = vae.posterior(x)
+    assert m.shape == lv.shape == (6, 4)
+    torch.testing.assert_close(vae.encode(x), m)  # codes are the posterior means

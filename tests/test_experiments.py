@@ -117,7 +117,18 @@ def test_paper_grids(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.chdir(ROOT)
     nyud = load_grid("experiments/wacv24_nyud.yaml")
-    assert set(nyud.strategies) == {"mtal", "random", "coreset", "ll4al", "equal", "rbal", "partal"}
+    assert set(nyud.strategies) == {
+        "mtal",
+        "random",
+        "coreset",
+        "ll4al",
+        "equal",
+        "rbal",
+        "partal",
+        "equal-semseg",
+        "equal-depth",
+        "equal-normals",  # EquAL-XX
+    }
     # options that change the network apply to their strategy only
     assert nyud.strategy_overrides["ll4al"] == {"model.loss_prediction": True}
     assert nyud.strategy_overrides["partal"]["model.model_kwargs"]["gt_substitution"] is True
@@ -134,6 +145,25 @@ def test_paper_grids(monkeypatch: pytest.MonkeyPatch) -> None:
         name: v["loop.strategy_kwargs"]["committee"] for name, v in fig7a.variants.items()
     }
     assert committees == {"C5": 1, "C11": 2, "C15": 3}
+    pascal = load_grid("experiments/wacv24_pascal.yaml")
+    assert pascal.description.startswith("WACV24 Fig. 4") and nyud.description.startswith(
+        "WACV24 Fig. 5"
+    )
+    assert {f"equal-{t}" for t in ("semseg", "parts", "saliency", "normals", "edge")} <= set(
+        pascal.strategies
+    )
+    tab1 = load_grid("experiments/wacv24_tab1.yaml")
+    for name, v in tab1.variants.items():  # DWA alone, not DWA x the fixed weights
+        assert (v.get("model.task_weights", "fixed") is None) == name.startswith("dwa"), name
+    for grid in ("partal_nyud", "partal_pascal"):
+        partal = load_grid(f"experiments/{grid}.yaml")
+        assert {"rbal", "ll4al"} <= set(partal.strategies)
+        assert partal.strategy_overrides["rbal"]["loop.strategy_kwargs"]["uncertainty"] == "mc"
+    fig12 = load_grid("experiments/partal_fig12.yaml")
+    assert {n: v["loop.strategy_kwargs"]["normalise"] for n, v in fig12.variants.items()} == {
+        "normalised": True,
+        "raw": False,
+    }
     demo = load_grid("experiments/demo.yaml")
     assert (demo.name, demo.config) == ("demo", "configs/synthetic/demo.yaml")
     assert demo.strategies == ["mtal", "random", "coreset"] and demo.seeds == [0, 1]

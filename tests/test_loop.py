@@ -140,6 +140,17 @@ def test_run_folder_is_readable(mtal_run: Path) -> None:
     assert {f"select_cycle_{c}" for c in range(CYCLES - 1)} <= set(seeds)
 
 
+def test_loop_records_acquisition_diagnostics(mtal_run: Path) -> None:
+    rows = read_csv(mtal_run / "metrics.csv")
+    for row in rows[:-1]:  # every cycle that ends with a selection (not the last)
+        assert float(row["diag/scored"]) == POOL - float(row["labelled_images"])
+        for key in [f"diag/{t}/spearman" for t in TASKS] + ["diag/image/spearman"]:
+            assert -1.0 <= float(row[key]) <= 1.0, key
+    assert not rows[-1].get("diag/scored")  # the last cycle buys nothing
+    logged = read_csv(mtal_run / "csv_logs" / "metrics.csv")
+    assert sum(1 for r in logged if r.get("diag/image/spearman")) == CYCLES - 1
+
+
 def test_same_seed_same_run(mtal_run: Path, tmp_path: Path) -> None:
     run_cli(loop_args(tmp_path / "runs", "mtal", MTAL_FAST))
     again = tmp_path / "runs" / "synthetic" / "mtal" / "seed0"

@@ -82,9 +82,10 @@ def test_tiny_backbone_levels():
 
 
 # -- committee ------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["learnable", "shared"])
 @pytest.mark.parametrize(("order", "count"), [(1, 5), (2, 11), (3, 15)])
-def test_committee_member_counts_and_names(order, count):
-    model = build("padnet", PASCAL).eval()
+def test_committee_member_counts_and_names(order, count, mode):
+    model = build("padnet", PASCAL, committee_mode=mode, committee_order=order).eval()
     with torch.no_grad():
         out = model(image(2, 32, 32), committee=order)
     assert set(out.committee) == set(PASCAL)
@@ -120,7 +121,7 @@ def _count_calls(modules) -> list[int]:
 
 
 def test_committee_zero_runs_no_extra_modules():
-    model = build("padnet", PASCAL).eval()
+    model = build("padnet", PASCAL, committee_mode="shared").eval()
     k = len(PASCAL)
     sa = [m for row in model.distillation.attention.values() for m in row.values()]
     sa_calls = _count_calls(sa)
@@ -138,7 +139,7 @@ def test_committee_zero_runs_no_extra_modules():
 
 
 def test_committee_pair_equals_manual_computation():
-    model = build("padnet", NYUD).eval()
+    model = build("padnet", NYUD, committee_mode="shared").eval()
     x = image(2, 32, 40)
     with torch.no_grad():
         out = model(x, committee=2)
@@ -289,14 +290,23 @@ def test_ranking_loss_matches_torch_margin_ranking_loss():
         ll4al_ranking_loss(torch.zeros(1), torch.zeros(1))
 
 
-def test_loss_prediction_module_matches_manual():
+@pytest.mark.parametrize("per_task", [True, False])
+def test_loss_prediction_module_matches_manual(per_task):
     torch.manual_seed(0)
-    mod = LossPredictionModule([4, 6], num_tasks=3, hidden=5)
+    mod = LossPredictionModule([4, 6], num_tasks=3, hidden=5, per_task=per_task)
     levels = [torch.randn(2, 4, 3, 3), torch.randn(2, 6, 2, 2)]
-    hidden = [torch.relu(fc[0](f.mean(dim=(2, 3)))) for fc, f in zip(mod.fcs, levels, strict=True)]
-    manual = mod.out(torch.cat(hidden, dim=1))
+    cols = []
+    for head in mod.heads:  # one independent module per task (WACV24), or one for all
+        fcs = head.fcs
+        hidden = [torch.relu(fc[0](f.mean(dim=(2, 3)))) for fc, f in zip(fcs, levels, strict=True)]
+        cols.append(head.out(torch.cat(hidden, dim=1)))
+    manual = torch.cat(cols, dim=1)
+    assert len(mod.heads) == (3 if per_task else 1)
     torch.testing.assert_close(mod(levels), manual)
     assert mod(levels).shape == (2, 3)
+    if per_task:  # task 0's loss depends on task 0's module only
+        mod(levels)[:, 0].sum().backward()
+        assert not mod.heads[1].out.weight.grad.any() and mod.heads[0].out.weight.grad.any()
 
 
 def test_loss_prediction_detach_stops_backbone_gradient():
@@ -316,10 +326,12 @@ def test_loss_prediction_detach_stops_backbone_gradient():
 )
 def test_gradients_reach_every_parameter(model_name, kw):
     model = build(model_name, NYUD, loss_prediction=True, **kw).train()
-    out = model(image(4, 32, 32))
+    out = model(image(4, 32, 32), committee=1 if model_name == "padnet" else 0)
     loss = sum((v**2).mean() for v in out.final.values())
     if out.initial is not None:
         loss = loss + sum((v**2).mean() for v in out.initial.values())
+    if out.committee is not None:  # the learnable committee's blocks
+        loss = loss + sum((v**2).mean() for m in out.committee.values() for v in m.values())
     loss = loss + (out.loss_pred**2).mean()
     loss.backward()
     dead = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]

@@ -30,10 +30,13 @@ CASES = [
     ("equal-depth", {}),
     ("equal-semseg", {}),
     ("rbal", {}),
-    ("rbal", {"mc_samples": 1, "_regression_free": True}),
+    ("rbal", {"uncertainty": "mc"}),
+    ("rbal", {"uncertainty": "mc", "mc_samples": 1, "_regression_free": True}),
     ("partal", {}),
     ("mtal", {}),
     ("mtal", {"committee": 2}),
+    ("mtal", {"committee_mode": "shared"}),
+    ("mtal", {"anchor": "final"}),
     ("mtal", {"variant": "inconsistency"}),
     ("mtal", {"variant": "diversity"}),
     ("mtal", {"variant": "maxst"}),
@@ -62,6 +65,7 @@ def setup() -> tuple[ActiveDataModule, torch.nn.Module]:
         backbone="tiny_cnn",
         loss_prediction=True,
         gt_substitution=True,
+        committee_order=2,  # learnable pairs + triplets (mtal committee=2)
     )
     return dm, model
 

@@ -143,9 +143,12 @@ def test_training_losses_equal_hand_reduction(toy: None, deep_supervision: float
     for k, t in enumerate(TASKS):
         task = m.task_objects[t]
         ls = task.loss(out.final[t], batch["targets"][t])
-        ls = ls + deep_supervision * task.loss(out.initial[t], batch["targets"][t])
+        li = task.loss(out.initial[t], batch["targets"][t])
+        # WACV24 Eq. 5: s_k scales the final-prediction loss only, not deep supervision
         num = sum(
-            float(batch["weight"][i, k]) * ls[i].item() for i in range(4) if batch["labelled"][i, k]
+            float(batch["weight"][i, k]) * ls[i].item() + deep_supervision * li[i].item()
+            for i in range(4)
+            if batch["labelled"][i, k]
         )
         expected[t] = num / float(batch["labelled"][:, k].sum())
     for t in TASKS:
@@ -241,10 +244,10 @@ def test_dwa_fed_with_epoch_means_of_labelled_samples(toy: None) -> None:
             for b in batches:
                 out = m.net(b["image"])
                 task = m.task_objects[t]
-                ls = task.loss(out.final[t], b["targets"][t]) + task.loss(
-                    out.initial[t], b["targets"][t]
-                )
-                num += float((b["labelled"][:, k] * b["weight"][:, k] * ls).sum())
+                lf = task.loss(out.final[t], b["targets"][t])
+                li = task.loss(out.initial[t], b["targets"][t])
+                # Eq. 5: s_k on the final loss only; deep supervision unweighted
+                num += float((b["labelled"][:, k] * (b["weight"][:, k] * lf + li)).sum())
                 den += float(b["labelled"][:, k].sum())
             expected[t] = num / den
     tr = trainer(max_epochs=3)

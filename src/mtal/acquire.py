@@ -63,6 +63,7 @@ def acquire_once(
     from mtal.acquisition import create_strategy
     from mtal.acquisition.base import AcquisitionContext
     from mtal.data.pool import LabelPool
+    from mtal.diagnostics import module_task_weights
 
     check_outputs(pool, out, pool_out)
     chooser = create_strategy(strategy, clamp_budget=clamp_budget, **strategy_kwargs)
@@ -111,6 +112,7 @@ def acquire_once(
         seed=select_seed,
         state={},
         cost=cost,
+        task_weights=module_task_weights(module),
     )
     selection = chooser.select(ctx, labels)
     net.to("cpu")

@@ -111,6 +111,33 @@ class RedactedSaveConfig(SaveConfigCallback):
             Path(log_dir) / self.config_filename, yaml.safe_dump(safe, sort_keys=False)
         )
 
+    def diagnose(
+        self,
+        model: Any,
+        datamodule: Any,
+        weights: str,
+        pool: str | None = None,
+        methods: dict[str, dict[str, Any]] | None = None,
+        out: str | None = None,
+        max_images: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        """Score one trained model's pool with every strategy (default rows:
+        mtal.diagnostics.DIAGNOSE_METHODS) and print, per method, the Spearman correlation
+        of its scores with the true task losses; ``out`` also writes them as CSV."""
+        from mtal.diagnostics import run_diagnose
+
+        run_diagnose(
+            model,
+            datamodule,
+            weights=weights,
+            pool=pool,
+            methods=methods,
+            out=out,
+            max_images=max_images,
+            seed=seed,
+        )
+
 
 class MtalCLI(LightningCLI):
     """LightningCLI with the active-learning subcommands and data→model links."""
@@ -130,6 +157,7 @@ class MtalCLI(LightningCLI):
             **LightningCLI.subcommands(),
             "loop": {"model", "datamodule"},
             "acquire": {"model", "datamodule"},
+            "diagnose": {"model", "datamodule"},
         }
 
     def _prepare_subcommand_parser(

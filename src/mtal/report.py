@@ -254,6 +254,23 @@ def markdown_table(rows: list[dict[str, str]], columns: list[str]) -> str:
     return "\n".join(md) + "\n"
 
 
+def add_equal_star(runs: dict[str, list[list[dict[str, float]]]]) -> str | None:
+    """WACV24's EquAL*: the best single-task EquAL row. Our reading of "best": the
+    ``equal-<task>`` run with the lowest mean final ``val/mtl_loss`` over seeds; its runs
+    are added to ``runs`` as ``equal*``. Returns the chosen name (None without EquAL-XX)."""
+    finals = {}
+    for name, seeds in runs.items():
+        if name.startswith("equal-"):
+            values = [rows[-1][HEADLINE] for rows in seeds if HEADLINE in rows[-1]]
+            if values:
+                finals[name] = float(np.mean(values))
+    if not finals:
+        return None
+    best = min(finals, key=finals.__getitem__)
+    runs["equal*"] = runs[best]
+    return best
+
+
 def write_report(experiment_dir: str | Path, task_costs: dict[str, float] | None = None) -> Path:
     """Write curves, tables and savings for one experiment folder; returns the report dir.
     ``task_costs`` prices the cost axis (default: each run's ``loop.task_costs``)."""
@@ -270,6 +287,7 @@ def write_report(experiment_dir: str | Path, task_costs: dict[str, float] | None
         )
     out = experiment_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
+    add_equal_star(runs)  # WACV24's EquAL* row, when EquAL-<task> runs exist
     metrics = metrics_of(runs)
     strategies = [s for s in sorted(runs) if s != REFERENCE]
     for metric in metrics:
@@ -306,6 +324,9 @@ def write_report(experiment_dir: str | Path, task_costs: dict[str, float] | None
     from mtal.report_costs import write_cost_report  # the cost axis (mtal.report_costs)
 
     write_cost_report(experiment_dir, out, metrics, task_costs)
+    from mtal.diagnostics import write_diagnostics_report
+
+    write_diagnostics_report({s: runs[s] for s in strategies}, out)  # diag/* of mtal loop
     return out
 
 
@@ -336,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = write_report(args.experiment, parse_task_costs(args.task_costs))
     print(f"[mtal] report written to {out}")
     if args.print:
-        for name in ("summary.md", "savings.md", "savings_cost.md"):
+        for name in ("summary.md", "savings.md", "savings_cost.md", "diagnostics.md"):
             if (out / name).exists():
                 print((out / name).read_text())
     return 0

@@ -51,6 +51,8 @@ class AcquisitionContext:
     state: dict[str, Any] = field(default_factory=dict)
     train_features: Callable[[np.ndarray], torch.Tensor] | None = None
     cost: CostBudget | None = None
+    #: the config's task weights w_k (LL4AL's Σ_k w_k l̂_k); None = 1 for every task
+    task_weights: Mapping[str, float] | None = None
 
     @property
     def task_names(self) -> list[str]:
@@ -89,6 +91,18 @@ class Selection:
     def num_labels(self) -> int:
         """Number of labels (image/task pairs) bought."""
         return int(self.pairs.shape[0])
+
+
+@dataclass
+class ScoredPool:
+    """Every candidate a strategy scored in its last ``select`` (for diagnostics only):
+    ``images`` [n]; ``image_score`` [n] (what the image strategy ranks by, or None for
+    pair strategies); ``task_scores`` [n, K] per-task scores, NaN where a pair was not a
+    candidate, or None when the strategy has none."""
+
+    images: np.ndarray
+    image_score: np.ndarray | None
+    task_scores: np.ndarray | None
 
 
 def minmax(values: np.ndarray, axis: int = 0) -> np.ndarray:
@@ -148,6 +162,7 @@ class Strategy(ABC):
             raise TypeError(f"{type(self).__name__}.granularity must be one of {GRANULARITIES}")
         self.clamp_budget = clamp_budget
         self.tie_break = tie_break
+        self.last_scored: ScoredPool | None = None
 
     # -- public API -----------------------------------------------------------------
     def check_model(self, model: Any) -> None:
@@ -165,6 +180,9 @@ class Strategy(ABC):
         """Buy ``budget`` labels (image/task pairs) from the pool of ``ctx``."""
         count = self._units(ctx, budget) if ctx.cost is None else self._cost_units(ctx)
         rng = self.rng(ctx)
+        # the scored candidates of this select (set by image_/pair_selection), for
+        # mtal.diagnostics; None when the strategy ranks nothing (Core-Set)
+        self.last_scored = None
         if count == 0:
             sel = self._empty(ctx)
         else:
@@ -309,6 +327,11 @@ class Strategy(ABC):
         """
         candidates = np.asarray(candidates, dtype=np.int64)
         pick = self.top_k(score, count, rng)
+        self.last_scored = ScoredPool(
+            candidates.copy(),
+            np.asarray(score, dtype=np.float64).copy(),
+            None if task_scores is None else np.asarray(task_scores, dtype=np.float64).copy(),
+        )
         diag = dict(diagnostics or {})
         diag.setdefault("selected_score", np.asarray(score, dtype=np.float64)[pick].tolist())
         diag.setdefault("candidates", int(len(candidates)))
@@ -335,6 +358,10 @@ class Strategy(ABC):
         cells of their rows are NaN."""
         candidates = np.asarray(candidates, dtype=np.int64).reshape(-1, 2)
         pick = self.pick_pairs(ctx, candidates, score, count, rng)
+        scored_images, rows = np.unique(candidates[:, 0], return_inverse=True)
+        matrix = np.full((len(scored_images), len(ctx.tasks)), np.nan)
+        matrix[rows, candidates[:, 1]] = np.asarray(score, dtype=np.float64)
+        self.last_scored = ScoredPool(scored_images, None, matrix)
         pairs = candidates[pick]
         _, first = np.unique(pairs[:, 0], return_index=True)
         images = pairs[np.sort(first), 0]

@@ -40,11 +40,23 @@ def standardise(features: torch.Tensor) -> torch.Tensor:
 
 
 class FeatureAutoEncoder(nn.Module):
-    """Conv encoder ``C×g×g → code_dim`` and its mirror decoder (no striding, any grid)."""
+    """Conv encoder ``C×g×g → code_dim`` and its mirror decoder (no striding, any grid).
 
-    def __init__(self, in_channels: int, grid: int, code_dim: int = 512, hidden: int = 64) -> None:
+    ``variational=True`` (VAAL, Sinha et al. 2019) makes the encoder output a mean μ and
+    a log-variance; training decodes the reparameterised ``z = μ + σ·ε``; ``encode``
+    returns μ either way."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        grid: int,
+        code_dim: int = 512,
+        hidden: int = 64,
+        variational: bool = False,
+    ) -> None:
         super().__init__()
         self.in_channels, self.grid, self.hidden = in_channels, grid, hidden
+        self.code_dim, self.variational = code_dim, variational
         flat = hidden * grid * grid
         self.encoder = nn.Sequential(
             nn.Conv2d(in_channels, hidden, 3, padding=1),
@@ -52,7 +64,7 @@ class FeatureAutoEncoder(nn.Module):
             nn.Conv2d(hidden, hidden, 3, padding=1),
             nn.ReLU(inplace=True),
             nn.Flatten(),
-            nn.Linear(flat, code_dim),
+            nn.Linear(flat, 2 * code_dim if variational else code_dim),
         )
         self.decoder_fc = nn.Sequential(nn.Linear(code_dim, flat), nn.ReLU(inplace=True))
         self.decoder_conv = nn.Sequential(
@@ -62,8 +74,13 @@ class FeatureAutoEncoder(nn.Module):
         )
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, C, g, g]`` features → ``[B, code_dim]`` codes."""
-        return self.encoder(x)
+        """``[B, C, g, g]`` features → ``[B, code_dim]`` codes (μ when variational)."""
+        return self.encoder(x)[:, : self.code_dim]
+
+    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(μ, log σ²) of a variational encoder, each ``[B, code_dim]``."""
+        out = self.encoder(x)
+        return out[:, : self.code_dim], out[:, self.code_dim :]
 
     def decode(self, code: torch.Tensor) -> torch.Tensor:
         """``[B, code_dim]`` codes → ``[B, C, g, g]`` reconstructions."""
@@ -103,6 +120,8 @@ class DiversityConfig:
     batch_size: int = 64
     lr: float = 1e-3
     adv_weight: float = 1.0
+    #: β of VAAL's VAE loss ``MSE + β·KL`` (Sinha et al.'s code uses 1)
+    kl_weight: float = 1.0
 
 
 def _batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
@@ -122,24 +141,33 @@ def _pos_weight(is_labelled: torch.Tensor) -> float:
     return (len(is_labelled) - n_pos) / max(n_pos, 1.0)
 
 
+def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """``KL(N(μ, σ²) ‖ N(0, 1))`` summed over the code, averaged over the batch:
+    ``−½ · mean_b Σ_d (1 + log σ² − μ² − σ²)`` (Kingma & Welling; VAAL's VAE term)."""
+    return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1).mean()
+
+
 def train_autoencoder(
     features: torch.Tensor,
     cfg: DiversityConfig,
     seed: int,
     device: torch.device | str = "cpu",
     is_labelled: torch.Tensor | None = None,
+    variational: bool = False,
 ) -> tuple[FeatureAutoEncoder, CodeDiscriminator | None, list[float]]:
     """Train an auto-encoder on ``[N, C, g, g]`` features by MSE for ``cfg.epochs``.
 
-    With ``is_labelled`` (``[N]`` 0/1) it is trained jointly with a discriminator, VAAL
-    style: D learns labelled vs unlabelled codes, the encoder adds ``adv_weight ·
-    BCE(D(code), labelled)`` for every sample (it tries to make all codes look labelled).
+    With ``is_labelled`` (``[N]`` 0/1) it is trained jointly with a discriminator, VAAL's
+    game (Sinha et al. 2019, Sec. 3): D learns labelled (1) vs unlabelled (0) codes, the
+    encoder adds ``adv_weight · BCE(D(code), 1)`` for every sample (it tries to make all
+    codes look labelled). ``variational=True`` makes it VAAL's VAE: the decoder sees the
+    reparameterised ``z = μ + σ·ε`` and the loss adds ``kl_weight · KL``; D sees μ.
     Returns (auto-encoder, discriminator or None, mean loss per epoch), in eval mode.
     """
     n, c, g, _ = features.shape
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        ae = FeatureAutoEncoder(c, g, cfg.code_dim, cfg.hidden)
+        ae = FeatureAutoEncoder(c, g, cfg.code_dim, cfg.hidden, variational)
         disc = CodeDiscriminator(cfg.code_dim) if is_labelled is not None else None
     gen = torch.Generator().manual_seed(seed)
     ae.to(device).train()
@@ -156,8 +184,14 @@ def train_autoencoder(
             total = 0.0
             for idx in _batches(n, cfg.batch_size, gen):
                 x = features[idx].to(device)
-                recon, code = ae(x)
-                loss = F.mse_loss(recon, x)
+                if variational:
+                    code, logvar = ae.posterior(x)
+                    eps = torch.randn(code.shape, generator=gen).to(device)
+                    recon = ae.decode(code + (0.5 * logvar).exp() * eps)
+                    loss = F.mse_loss(recon, x) + cfg.kl_weight * gaussian_kl(code, logvar)
+                else:
+                    recon, code = ae(x)
+                    loss = F.mse_loss(recon, x)
                 if disc is not None:
                     fool = torch.ones(len(idx), device=device)
                     loss = loss + cfg.adv_weight * F.binary_cross_entropy_with_logits(
@@ -178,40 +212,6 @@ def train_autoencoder(
     if disc is not None:
         disc.eval()
     return ae, disc, history
-
-
-def train_discriminator(
-    codes: torch.Tensor,
-    is_labelled: torch.Tensor,
-    cfg: DiversityConfig,
-    seed: int,
-    device: torch.device | str = "cpu",
-) -> tuple[CodeDiscriminator, list[float]]:
-    """Train a discriminator on fixed ``[N, code_dim]`` codes to tell labelled (1) from
-    unlabelled (0), class-balanced BCE, ``cfg.disc_epochs`` epochs."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        disc = CodeDiscriminator(codes.shape[1])
-    gen = torch.Generator().manual_seed(seed)
-    disc.to(device).train()
-    opt = torch.optim.Adam(disc.parameters(), lr=cfg.lr)
-    target = is_labelled.float()
-    pos_weight = _pos_weight(target)
-    history: list[float] = []
-    with torch.enable_grad():
-        for _ in range(cfg.disc_epochs):
-            total = 0.0
-            for idx in _batches(len(codes), cfg.batch_size, gen):
-                loss = _labelled_bce(
-                    disc(codes[idx].to(device)), target[idx].to(device), pos_weight
-                )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += float(loss.detach()) * len(idx)
-            history.append(total / len(codes))
-    disc.eval()
-    return disc, history
 
 
 @torch.no_grad()

@@ -55,6 +55,34 @@ FLIP_DIVERGENCES: dict[str, Divergence] = {
 EQUAL_TASKS = ("semseg", "depth", "normals", "edge", "saliency", "parts")
 
 
+def check_flip_tasks(ctx: AcquisitionContext, scope: list[str], who: str) -> None:
+    """Every task of ``scope`` must have a flip divergence."""
+    for name in scope:
+        if ctx.tasks[name].kind not in FLIP_DIVERGENCES:
+            raise ValueError(
+                f"{who}: task {name!r} has kind {ctx.tasks[name].kind!r}; "
+                f"supported kinds: {sorted(FLIP_DIVERGENCES)}"
+            )
+
+
+def flip_scores(ctx: AcquisitionContext, images: np.ndarray, scope: list[str]) -> np.ndarray:
+    """Per-task EquAL scores ``[n, len(scope)]`` (float64) of ``images``: one forward of
+    each batch stacked with its flip."""
+
+    def summarise(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        image = batch["image"]
+        b = image.shape[0]
+        out = forward(ctx, {"image": torch.cat([image, image.flip(-1)])})
+        cols = []
+        for name in scope:
+            task = ctx.tasks[name]
+            raw = out.final[name]
+            cols.append(FLIP_DIVERGENCES[task.kind](task, raw[:b], task.hflip(raw[b:])))
+        return {"equal": torch.stack(cols, dim=1)}
+
+    return stream_summaries(ctx, images, summarise)["equal"].numpy().astype(np.float64)
+
+
 class Equivariance(Strategy):
     """``ŝ_k(x) = D_k(f_k(x), T⁻¹ f_k(T x))`` with ``T`` the horizontal flip
     (``Task.hflip`` un-flips, e.g. negating the x component of normals) and ``D_k`` from
@@ -78,26 +106,9 @@ class Equivariance(Strategy):
                 f"tasks {names}; pick equal-<task> for one of them or 'equal'"
             )
         scope = names if self.task is None else [self.task]
-        for name in scope:
-            if ctx.tasks[name].kind not in FLIP_DIVERGENCES:
-                raise ValueError(
-                    f"{self.name}: task {name!r} has kind {ctx.tasks[name].kind!r}; "
-                    f"supported kinds: {sorted(FLIP_DIVERGENCES)}"
-                )
+        check_flip_tasks(ctx, scope, self.name)
         unl = np.asarray(ctx.pool.unlabelled_images(), dtype=np.int64)
-
-        def summarise(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-            image = batch["image"]
-            b = image.shape[0]
-            out = forward(ctx, {"image": torch.cat([image, image.flip(-1)])})
-            cols = []
-            for name in scope:
-                task = ctx.tasks[name]
-                raw = out.final[name]
-                cols.append(FLIP_DIVERGENCES[task.kind](task, raw[:b], task.hflip(raw[b:])))
-            return {"equal": torch.stack(cols, dim=1)}
-
-        per_task = stream_summaries(ctx, unl, summarise)["equal"].numpy().astype(np.float64)
+        per_task = flip_scores(ctx, unl, scope)
         score = minmax(per_task, axis=0).sum(axis=1) if self.task is None else per_task[:, 0]
         task_scores = np.full((len(unl), len(names)), np.nan)
         for col, name in enumerate(scope):

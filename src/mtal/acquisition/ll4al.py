@@ -14,9 +14,11 @@ from mtal.acquisition.scoring import forward, stream_summaries
 
 @STRATEGIES.register("ll4al")
 class LearningLoss(Strategy):
-    """Score ``s(x) = Σ_k l̂_k(x)``, the loss-prediction module's predicted task losses
-    (``MultiTaskOutput.loss_pred``, B×K); buy the highest. Per-task ``l̂_k`` are kept as
-    the selection's scores."""
+    """Score ``s(x) = Σ_k w_k · l̂_k(x)`` (WACV24 Sec. 4.2: one loss-prediction module
+    per task, combined with the task weights), ``l̂_k`` the predicted task losses
+    (``MultiTaskOutput.loss_pred``, B×K) and ``w_k`` the config's task weights
+    (``ctx.task_weights``; 1 for a task without one); buy the highest. Per-task ``l̂_k``
+    are kept as the selection's scores."""
 
     name = "ll4al"
     granularity = "image"
@@ -38,5 +40,9 @@ class LearningLoss(Strategy):
                 )
             return {"loss_pred": out.loss_pred.reshape(-1, k)}
 
-        pred = stream_summaries(ctx, unl, summarise)["loss_pred"].numpy()
-        return self.image_selection(ctx, unl, pred.sum(axis=1), count, rng, task_scores=pred)
+        pred = stream_summaries(ctx, unl, summarise)["loss_pred"].numpy().astype(np.float64)
+        given = dict(ctx.task_weights or {})
+        w = np.array([float(given.get(t, 1.0)) for t in ctx.tasks])
+        return self.image_selection(
+            ctx, unl, pred @ w, count, rng, task_scores=pred, diagnostics={"w": w.tolist()}
+        )

@@ -17,7 +17,6 @@ from mtal.acquisition.diversity import (
     pooled_task_features,
     standardise,
     train_autoencoder,
-    train_discriminator,
 )
 from mtal.acquisition.scoring import forward, labelled_features, stream_summaries
 
@@ -63,14 +62,18 @@ def maxst_distance(
     seed: int,
 ) -> np.ndarray:
     """Max-ST: per task t, ``div_t(x)`` = distance of x's (standardised, pooled) task-t
-    features to the nearest labelled image's, min–max normalised over the candidates;
-    ``div(x) = max_t div_t(x)`` (no auto-encoder)."""
+    features to the nearest labelled image's; ``div(x) = max_t div_t(x)`` (no
+    auto-encoder). ``maxst_normalise=True`` min–max normalises each ``div_t`` over the
+    candidates before the max (ours; the paper has no such step, so it is off)."""
     per_task = []
     start = 0
     for c in channels:
         per_task.append(_nearest(f_unl[:, start : start + c], f_lab[:, start : start + c]))
         start += c
-    return minmax(np.stack(per_task, axis=1), axis=0).max(axis=1)
+    stacked = np.stack(per_task, axis=1)
+    if strat.maxst_normalise:
+        stacked = minmax(stacked, axis=0)
+    return stacked.max(axis=1)
 
 
 def vaal_score(
@@ -81,15 +84,20 @@ def vaal_score(
     channels: list[int],
     seed: int,
 ) -> np.ndarray:
-    """VAAL-style: AE trained by reconstruction, then a discriminator on its frozen codes
-    learns labelled vs unlabelled; ``div(x) = 1 − D(z(x))``."""
+    """VAAL (Sinha et al., ICCV 2019) on the same task features: a VAE (reparameterised
+    code, ``MSE + kl_weight·KL``) and a discriminator on its mean code trained
+    adversarially (the VAE adds ``adv_weight``·BCE(D(μ), labelled) for every sample);
+    ``div(x) = 1 − D(μ(x))``, the discriminator's probability that x is unlabelled."""
     cfg = strat.diversity_config
-    ae, _, hist = train_autoencoder(torch.cat([f_lab, f_unl]), cfg, seed, ctx.device)
-    codes = encode_all(ae, torch.cat([f_lab, f_unl]), cfg.batch_size, ctx.device)
+    feats = torch.cat([f_lab, f_unl])
     is_lab = torch.cat([torch.ones(len(f_lab)), torch.zeros(len(f_unl))])
-    disc, d_hist = train_discriminator(codes, is_lab, cfg, seed + 1, ctx.device)
-    strat.last_diagnostics.update(ae_loss=hist, disc_loss=d_hist)
-    return 1.0 - labelled_probability(disc, codes[len(f_lab) :], cfg.batch_size, ctx.device).numpy()
+    vae, disc, hist = train_autoencoder(
+        feats, cfg, seed, ctx.device, is_labelled=is_lab, variational=True
+    )
+    assert disc is not None
+    strat.last_diagnostics["ae_loss"] = hist
+    codes = encode_all(vae, f_unl, cfg.batch_size, ctx.device)
+    return 1.0 - labelled_probability(disc, codes, cfg.batch_size, ctx.device).numpy()
 
 
 def ae_disc_score(
@@ -100,16 +108,18 @@ def ae_disc_score(
     channels: list[int],
     seed: int,
 ) -> np.ndarray:
-    """AE + discriminator loss: AE and discriminator trained jointly (reconstruction +
-    ``adv_weight`` × adversarial loss, VAAL's game); ``div(x) = 1 − D(z(x))``."""
+    """ "Ours + L_D" (WACV24 Fig. 7b): the auto-encoder trained with the extra adversarial
+    term of a jointly trained discriminator (reconstruction + ``adv_weight``·BCE(D(z), 1));
+    ``div(x)`` is still Eq. 3, the distance of x's code to the nearest labelled code."""
     cfg = strat.diversity_config
     feats = torch.cat([f_lab, f_unl])
     is_lab = torch.cat([torch.ones(len(f_lab)), torch.zeros(len(f_unl))])
     ae, disc, hist = train_autoencoder(feats, cfg, seed, ctx.device, is_labelled=is_lab)
     assert disc is not None
     strat.last_diagnostics["ae_loss"] = hist
-    codes = encode_all(ae, f_unl, cfg.batch_size, ctx.device)
-    return 1.0 - labelled_probability(disc, codes, cfg.batch_size, ctx.device).numpy()
+    z_unl = encode_all(ae, f_unl, cfg.batch_size, ctx.device)
+    z_lab = encode_all(ae, f_lab, cfg.batch_size, ctx.device)
+    return _nearest(z_unl, z_lab)
 
 
 # --------------------------------------------------------------------------- sample weights
@@ -189,8 +199,8 @@ def bought_task_losses(ctx: AcquisitionContext, images: np.ndarray) -> np.ndarra
 def inconsistency_weights(
     strat: MTALStrategy, ctx: AcquisitionContext, images: np.ndarray, s_k: np.ndarray | None
 ) -> np.ndarray | None:
-    """WACV24's weights: the bought images' ``s_k`` (min–max over the scored pool, a
-    constant column → 0 as for the score); None for ``variant='diversity'`` (no ``s_k``)."""
+    """WACV24's weights: the bought images' ``s_k`` (min–max over the scored pool; a task
+    whose ``ŝ_k`` is constant over the pool → 1.0); None for ``variant='diversity'``."""
     return None if s_k is None else np.asarray(s_k, dtype=np.float64)
 
 
@@ -222,6 +232,9 @@ SAMPLE_WEIGHTS: dict[str, SampleWeightFn] = {
 }
 
 
+#: what ŷ_k of Eq. 1 is: "initial" (WACV24) or "final" (the refined output)
+ANCHORS = ("initial", "final")
+
 #: variant -> (uses inconsistency, diversity function or None)
 VARIANTS: dict[str, tuple[bool, DiversityFn | None]] = {
     "full": (True, ae_distance),
@@ -237,13 +250,17 @@ VARIANTS: dict[str, tuple[bool, DiversityFn | None]] = {
 class MTALStrategy(Strategy):
     """Task-consistency × diversity selection of whole images.
 
-    - inconsistency ``ŝ_k(x) = max_{j≠k} L_k(ŷ_k(x), ŷ_kj(x))``: ``ŷ_k`` the final
-      prediction, ``ŷ_kj`` the committee members of task k (``committee`` 1/2/3 = pairs,
-      + triplets, + quadruples: C5/C11/C15), ``L_k = Task.discrepancy(ŷ_k, ŷ_kj)`` (the
-      member is turned into the target); the "initial" member joins the max only with
-      ``include_initial=True``;
-    - ``s_k = (ŝ_k − min ŝ_k) / (max ŝ_k − min ŝ_k)`` over the scored candidates (0 when
-      constant);
+    - inconsistency (WACV24 Eq. 1) ``ŝ_k(x) = max_{j≠k} L_k(ŷ_k(x), ŷ_kj(x))``:
+      ``ŷ_kj`` the committee members of task k (``committee`` 1/2/3 = pairs, + triplets,
+      + quadruples: C5/C11/C15), ``L_k = Task.discrepancy(ŷ_k, ŷ_kj)`` (the member is
+      turned into the target; see the task's ``discrepancy_target``); ``anchor``:
+      ``"initial"`` (default, the paper's: ``ŷ_k`` is the initial prediction) or
+      ``"final"`` (the refined PAD-Net output; then ``include_initial=True`` also puts the
+      initial prediction among the members); ``committee_mode``: ``"learnable"``
+      (default, the paper's extra two-task MMD blocks) or ``"shared"`` (partial sums of
+      the main network's own SA messages), passed to the model;
+    - ``s_k = (ŝ_k − min ŝ_k) / (max ŝ_k − min ŝ_k)`` over the scored candidates (Eq. 2;
+      0 when constant, so the task does not rank);
     - ``div(x)`` = distance of x's auto-encoder code to the nearest labelled code; the AE
       is trained at every select on the pooled (``feature_pool``²), standardised,
       concatenated task features of labelled + unlabelled images; ``div = 1`` when
@@ -254,10 +271,18 @@ class MTALStrategy(Strategy):
     ``s_k``); ``maxst``, ``vaal``, ``ae_disc`` replace ``div`` (see those functions).
 
     ``sample_weights`` (WACV24 Tab. 1), the per-sample, per-task loss weights stored in
-    the pool for the bought images (training uses ``Σ_k s_k·w_k·L_k``; see
-    :data:`SAMPLE_WEIGHTS`): ``inconsistency`` (their ``s_k``, the paper's; None for
+    the pool for the bought images (training uses ``Σ_k s_k·w_k·L_k(ŷ_k, y_k)``, Eq. 5,
+    on the final prediction only; see :data:`SAMPLE_WEIGHTS`): ``inconsistency`` (their
+    ``s_k``, the paper's; a task whose ``ŝ_k`` is constant over the scored pool carries
+    no information and gets weight 1.0 on every bought image, not 0 — our rule, the
+    paper is silent; None for
     ``variant='diversity'``), ``none`` (1.0), ``loss`` (their true task loss against the
     bought labels, min–max per task over the bought images, constant → 1.0).
+    Constants: ``code_dim=512`` is the paper's; ``feature_pool``, ``ae_hidden``,
+    ``ae_epochs``, ``disc_epochs``, ``ae_batch_size``, ``ae_lr``, ``adv_weight`` and
+    ``kl_weight`` are ours (the paper does not fix them; VAAL's β = 1 and adversarial
+    weight 1 are Sinha et al.'s). ``maxst_normalise`` (off) is an extra step of ours.
+
     ``weight_floor`` f maps a weight w to ``f + (1 − f)·w``: with the paper's min–max
     (f = 0, the default) the least inconsistent / lowest-loss bought image gets weight 0
     for that task, i.e. its label is bought but not trained on; f > 0 keeps every label
@@ -271,6 +296,8 @@ class MTALStrategy(Strategy):
         self,
         variant: str = "full",
         committee: int = 1,
+        anchor: str = "initial",
+        committee_mode: str = "learnable",
         include_initial: bool = False,
         feature_pool: int = 4,
         code_dim: int = 512,
@@ -280,6 +307,8 @@ class MTALStrategy(Strategy):
         ae_batch_size: int = 64,
         ae_lr: float = 1e-3,
         adv_weight: float = 1.0,
+        kl_weight: float = 1.0,
+        maxst_normalise: bool = False,
         sample_weights: str = "inconsistency",
         weight_floor: float = 0.0,
         **kwargs: Any,
@@ -304,6 +333,23 @@ class MTALStrategy(Strategy):
             )
         if feature_pool < 1:
             raise ValueError(f"mtal: feature_pool must be >= 1, got {feature_pool}")
+        if anchor not in ANCHORS:
+            raise ValueError(
+                f"mtal: anchor={anchor!r}; expected one of {ANCHORS} "
+                "(loop.strategy_kwargs.anchor; 'initial' is WACV24 Eq. 1)"
+            )
+        if committee_mode not in ("learnable", "shared"):
+            raise ValueError(
+                f"mtal: committee_mode={committee_mode!r}; expected 'learnable' (WACV24 Sec. "
+                "3.2) or 'shared' (loop.strategy_kwargs.committee_mode)"
+            )
+        if include_initial and anchor == "initial":
+            raise ValueError(
+                "mtal: include_initial=True compares the initial prediction with itself when "
+                "anchor='initial'; use it only with anchor='final'"
+            )
+        self.anchor = anchor
+        self.committee_mode = committee_mode
         self.variant = variant
         self.committee = committee
         self.include_initial = include_initial
@@ -318,24 +364,52 @@ class MTALStrategy(Strategy):
             batch_size=ae_batch_size,
             lr=ae_lr,
             adv_weight=adv_weight,
+            kl_weight=kl_weight,
         )
+        self.maxst_normalise = bool(maxst_normalise)
         self.last_diagnostics: dict[str, Any] = {}
+
+    def check_model(self, model: Any) -> None:
+        """A learnable committee must have been built into the network (PAD-Net
+        ``committee_mode: learnable``, ``committee_order`` ≥ ``committee``)."""
+        net = getattr(model, "net", None) or model
+        if self.variant == "diversity" or not hasattr(net, "learnable_committee"):
+            return
+        if self.committee_mode == "learnable" and net.learnable_committee is None:
+            raise ValueError(
+                "strategy mtal scores with committee_mode='learnable' (WACV24), but the network "
+                "was built without learnable committee blocks: set "
+                "model.model_kwargs.committee_mode: learnable, or "
+                "loop.strategy_kwargs.committee_mode: shared"
+            )
+        order = int(getattr(net, "committee_order", self.committee))
+        if self.committee_mode == "learnable" and self.committee > order:
+            raise ValueError(
+                f"strategy mtal asks committee={self.committee}, but the network's learnable "
+                f"committee has committee_order={order}: set "
+                f"model.model_kwargs.committee_order: {self.committee}"
+            )
 
     def inconsistency(self, ctx: AcquisitionContext, out: Any) -> torch.Tensor:
         """Raw ``ŝ_k`` of a batch → ``[B, K]`` from a committee forward's output."""
         if out.committee is None:
             raise ValueError("mtal: the model returned no committee; it must support committee>0")
+        if self.anchor == "initial" and out.initial is None:
+            raise ValueError(
+                "mtal: anchor='initial' needs the model's initial predictions (PAD-Net); this "
+                "model returns none — use model padnet or anchor: final"
+            )
         cols = []
         for name, task in ctx.tasks.items():
             members = {
                 m: raw
                 for m, raw in out.committee[name].items()
-                if self.include_initial or m != "initial"
+                if m != "initial" or (self.include_initial and self.anchor == "final")
             }
             if not members:
                 raise ValueError(f"mtal: the committee of task {name!r} has no members")
-            final = out.final[name]
-            d = torch.stack([task.discrepancy(final, raw) for raw in members.values()], dim=0)
+            ref = out.initial[name] if self.anchor == "initial" else out.final[name]
+            d = torch.stack([task.discrepancy(ref, raw) for raw in members.values()], dim=0)
             cols.append(d.max(dim=0).values)
         return torch.stack(cols, dim=1)
 
@@ -354,7 +428,12 @@ class MTALStrategy(Strategy):
             return pooled_task_features(out.task_features, names, grid)
 
         def summarise_unl(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-            out = forward(ctx, batch, committee=self.committee if use_incons else 0)
+            if use_incons:
+                out = forward(
+                    ctx, batch, committee=self.committee, committee_mode=self.committee_mode
+                )
+            else:
+                out = forward(ctx, batch)
             res = {}
             if use_incons:
                 res["incons"] = self.inconsistency(ctx, out)
@@ -369,10 +448,11 @@ class MTALStrategy(Strategy):
         lab = np.asarray(ctx.pool.labelled_images(), dtype=np.int64)
         got = stream_summaries(ctx, unl, summarise_unl)
         score = np.ones(len(unl))
-        s_k = None
+        s_k = s_w = None
         if use_incons:
             raw = got["incons"].numpy().astype(np.float64)
             s_k = minmax(raw, axis=0)
+            s_w = minmax_weights(raw)  # as s_k, but a constant task keeps weight 1.0
             score = score * s_k.max(axis=1)
             self.last_diagnostics["raw_inconsistency_range"] = [
                 raw.min(axis=0).tolist(),
@@ -388,7 +468,7 @@ class MTALStrategy(Strategy):
                 div = diversity(self, ctx, feats[len(lab) :], feats[: len(lab)], channels, seed)
             score = score * div
             self.last_diagnostics["diversity_range"] = [float(div.min()), float(div.max())]
-        sel = self.image_selection(ctx, unl, score, count, rng, task_scores=s_k, weights=s_k)
+        sel = self.image_selection(ctx, unl, score, count, rng, task_scores=s_k, weights=s_w)
         weights = SAMPLE_WEIGHTS[self.sample_weights](self, ctx, sel.images, sel.weights)
         if weights is not None:
             weights = self.weight_floor + (1.0 - self.weight_floor) * np.asarray(weights)

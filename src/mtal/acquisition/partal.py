@@ -25,18 +25,27 @@ class PartAL(Strategy):
     ``m_k``/``M_k`` are the min/max of ``u_k`` over the unlabelled pairs of task k at the
     first cycle the strategy runs, frozen in ``ctx.state["partal"]`` (so later values may
     leave [0, 1]); a constant task (``M_k = m_k``) divides by 1. ``gt_substitution=False``
-    scores every image from its own predictions (the ablation without substitution).
+    scores every image from its own predictions (the ablation without substitution);
+    ``normalise=False`` ranks the raw ``u_k`` across tasks (PartAL Fig. 12's ablation
+    without normalisation). ``mc_samples=8`` is ours (the paper does not fix it).
     """
 
     name = "partal"
     granularity = "pair"
 
-    def __init__(self, mc_samples: int = 8, gt_substitution: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        mc_samples: int = 8,
+        gt_substitution: bool = True,
+        normalise: bool = True,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         if int(mc_samples) < 2:
             raise ValueError(f"partal: mc_samples must be >= 2 for MC-dropout, got {mc_samples}")
         self.mc_samples = int(mc_samples)
         self.gt_substitution = bool(gt_substitution)
+        self.normalise = bool(normalise)
 
     def check_model(self, model: Any) -> None:
         """Ground-truth substitution needs a PAD-Net built with ``gt_substitution=True``."""
@@ -100,7 +109,7 @@ class PartAL(Strategy):
         unlabelled = ~np.asarray(ctx.pool.labelled, dtype=bool)[images]
         lo, hi = self.normaliser(ctx, u, unlabelled)
         span = np.where(hi > lo, hi - lo, 1.0)
-        norm = (u - lo) / span
+        norm = (u - lo) / span if self.normalise else u
         rows, cols = np.nonzero(unlabelled)
         candidates = np.stack([images[rows], cols], axis=1).astype(np.int64)
         return self.pair_selection(
@@ -109,5 +118,9 @@ class PartAL(Strategy):
             norm[rows, cols],
             count,
             rng,
-            diagnostics={"norm_min": lo.tolist(), "norm_max": hi.tolist()},
+            diagnostics={
+                "norm_min": lo.tolist(),
+                "norm_max": hi.tolist(),
+                "normalise": self.normalise,
+            },
         )

@@ -1,5 +1,8 @@
 """RBAL: rank-based multi-task active learning — per-task uncertainty ranks, summed."""
 
+# WACV24 Sec. 4.2 runs RBAL on the ranks of per-task EquAL scores; PartAL's RBAL ranks
+# MC-dropout entropies. Both are here: ``uncertainty: equal | mc``.
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -55,12 +58,21 @@ def average_ranks(values: np.ndarray) -> np.ndarray:
     return ranks
 
 
+#: what RBAL ranks: WACV24's per-task EquAL scores, or PartAL's MC-dropout uncertainty
+UNCERTAINTIES = ("equal", "mc")
+
+
 @STRATEGIES.register("rbal")
 class RankBased(Strategy):
     """``s(x) = Σ_k rank_k(u_k(x))``: per-task uncertainty ``u_k`` ranked over the
     candidates (most uncertain = highest rank, ties averaged), ranks summed; buy the
-    highest sums. ``u_k`` is ``Task.mc_uncertainty`` of ``mc_samples`` MC-dropout passes
-    (default 8, one forward replicating only the dropout-carrying part S times); with
+    highest sums.
+
+    ``uncertainty="equal"`` (default; WACV24 Sec. 4.2 "RBAL … ranks of the per-task EquAL
+    scores"): ``u_k`` is EquAL's flip divergence of task k
+    (:func:`mtal.acquisition.equal.flip_scores`). ``uncertainty="mc"`` (PartAL's form):
+    ``u_k`` is ``Task.mc_uncertainty`` of ``mc_samples`` MC-dropout passes (default 8, a
+    constant of ours; one forward replicating only the dropout-carrying part S times); with
     ``mc_samples=1`` it is the pixel-mean entropy of the deterministic prediction, which
     exists only for categorical and binary tasks.
     """
@@ -68,13 +80,46 @@ class RankBased(Strategy):
     name = "rbal"
     granularity = "image"
 
-    def __init__(self, mc_samples: int = 8, **kwargs: Any) -> None:
+    def __init__(self, uncertainty: str = "equal", mc_samples: int = 8, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if uncertainty not in UNCERTAINTIES:
+            raise ValueError(
+                f"rbal: uncertainty={uncertainty!r}; expected one of {UNCERTAINTIES} "
+                "('equal' is WACV24's RBAL, 'mc' PartAL's; loop.strategy_kwargs.uncertainty)"
+            )
         if int(mc_samples) < 1:
             raise ValueError(f"rbal: mc_samples must be >= 1, got {mc_samples}")
+        self.uncertainty = uncertainty
         self.mc_samples = int(mc_samples)
 
     def acquire(self, ctx: AcquisitionContext, count: int, rng: np.random.Generator) -> Selection:
+        if self.uncertainty == "equal":
+            return self._acquire_equal(ctx, count, rng)
+        return self._acquire_mc(ctx, count, rng)
+
+    def _acquire_equal(
+        self, ctx: AcquisitionContext, count: int, rng: np.random.Generator
+    ) -> Selection:
+        from mtal.acquisition.equal import check_flip_tasks, flip_scores
+
+        names = list(ctx.tasks)
+        check_flip_tasks(ctx, names, self.name)
+        unl = np.asarray(ctx.pool.unlabelled_images(), dtype=np.int64)
+        u = flip_scores(ctx, unl, names)
+        ranks = average_ranks(u)
+        return self.image_selection(
+            ctx,
+            unl,
+            ranks.sum(axis=1),
+            count,
+            rng,
+            task_scores=u,
+            diagnostics={"uncertainty": "equal"},
+        )
+
+    def _acquire_mc(
+        self, ctx: AcquisitionContext, count: int, rng: np.random.Generator
+    ) -> Selection:
         names = list(ctx.tasks)
         s = self.mc_samples
         if s == 1:
@@ -115,5 +160,5 @@ class RankBased(Strategy):
             count,
             rng,
             task_scores=u,
-            diagnostics={"mc_samples": s},
+            diagnostics={"uncertainty": "mc", "mc_samples": s},
         )

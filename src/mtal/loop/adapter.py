@@ -22,7 +22,7 @@ class ScoringNetwork(Protocol):
     """The network a strategy calls: ``net(image, **kwargs) -> MultiTaskOutput``.
 
     Every strategy reads ``final`` (task → raw B×C×H×W output); ``coreset`` reads
-    ``embedding`` (B×D); ``mtal`` reads ``task_features`` and, when called with
+    ``extras["fused"]`` when present, else ``embedding`` (B×D); ``mtal`` reads ``task_features`` and, when called with
     ``committee=c`` (c ≥ 1), ``committee``; ``ll4al`` reads ``loss_pred`` (B×K);
     ``partal``/``rbal`` call it with ``mc_dropout=True`` (dropout active in eval mode),
     ``partal`` also with ``gt=``/``gt_mask=`` (ground-truth substitution). A network

@@ -114,6 +114,7 @@ class ActiveLoop(Callback):
         #: the strategy's cross-cycle state (JSON-serialisable), kept for the callback's life
         self.state: dict[str, Any] = {}
         self.history: list[Acquisition] = []
+        self.last_context: Any = None  # AcquisitionContext of the last select()
 
     # -- the acquisition step (shared with ``mtal loop``) ---------------------------
     def select_seed(self, cycle: int) -> int:
@@ -147,6 +148,7 @@ class ActiveLoop(Callback):
         dropout and auto-encoder training do not depend on what ran before), then the
         strategy scores ``pool`` (default: the datamodule's) with the module's network."""
         from mtal.acquisition.base import AcquisitionContext
+        from mtal.diagnostics import module_task_weights
 
         pool = datamodule.pool if pool is None else pool
         net = scoring_network(module)
@@ -165,7 +167,9 @@ class ActiveLoop(Callback):
             seed=seed,
             state=self.state if state is None else state,
             cost=cost_budget(self._settings(), pool.tasks) if cost is None else cost,
+            task_weights=module_task_weights(module),
         )
+        self.last_context = ctx  # ``mtal loop`` computes diagnostics on it
         return self.strategy.select(ctx, self.budget_labels(pool) if budget is None else budget)
 
     def buy(self, datamodule: Any, selection: Selection, cycle: int) -> LabelPool:

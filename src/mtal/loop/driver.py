@@ -94,6 +94,7 @@ class ActiveLearningLoop:
         self.run_dir = run_dir_for(settings)
         self.folder = RunFolder(self.run_dir)
         self.metrics = MetricsTable(self.folder.metrics_path)
+        self.diagnostics: dict[str, float] = {}  # diag/* of the last selection
         try:
             self.strategy = create_strategy(
                 settings.strategy, clamp_budget=settings.clamp_budget, **settings.strategy_kwargs
@@ -294,6 +295,7 @@ class ActiveLearningLoop:
                 crash_point("before_select")
                 selection = self._acquire(cycle, pool, budget, state, strategy_state)
                 crash_point("after_select")
+                self._record_diagnostics(cycle, logger)
                 bought = pool.copy()
                 apply_selection(bought, selection, cycle + 1)
                 state["strategy_state_at"][str(cycle + 1)] = strategy_state
@@ -317,6 +319,16 @@ class ActiveLearningLoop:
             raise
         close_logger(logger)
         return results
+
+    def _record_diagnostics(self, cycle: int, logger: Any) -> None:
+        """Add the last selection's ``diag/*`` numbers to the cycle's metrics row and log."""
+        diag, self.diagnostics = self.diagnostics, {}
+        if not diag:
+            return
+        row = self.metrics.row(cycle) or {"cycle": cycle}
+        self.metrics.put({**row, **diag})
+        if logger is not None:
+            logger.log_metrics(diag, step=int(float(row.get("step", 0))))
 
     def _step_offset(self, cycle: int) -> int:
         """The global step at which ``cycle`` starts: the step of the previous cycle's
@@ -378,7 +390,8 @@ class ActiveLearningLoop:
         """Select with the loop's strategy through :meth:`ActiveLoop.select` (the code the
         callback uses): torch/numpy are reseeded from (seed, cycle) first, so MC dropout
         or auto-encoder training do not depend on what ran before. With W&B the request
-        and the AL curve so far are logged."""
+        and the AL curve so far are logged. Then (``loop.diagnostics``) the ``diag/*``
+        correlations of the scores with the true task losses (:mod:`mtal.diagnostics`)."""
         from mtal.tracking import log_request
 
         net = getattr(self.module, "net", self.module)
@@ -396,6 +409,17 @@ class ActiveLearningLoop:
             device=device,
             cost=cost_budget(self.settings, pool.tasks),
         )
+        # after select: the oracle path reads true labels (simulation only)
+        if self.settings.diagnostics and getattr(self.oracle, "knows_labels", False):
+            from mtal.diagnostics import acquisition_diagnostics, module_task_weights
+
+            self.diagnostics = acquisition_diagnostics(
+                self.strategy,
+                acquirer.last_context,
+                module_task_weights(self.module),
+                self.settings.diagnostics_max_images,
+                acquirer.select_seed(cycle),
+            )
         net.to("cpu")
         # DDP: every rank scored its shard and selected on the gathered summaries; rank
         # 0's selection and strategy state are the ones every rank buys and keeps

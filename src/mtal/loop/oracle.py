@@ -36,6 +36,9 @@ ORACLES: Registry[Any] = Registry("oracle")
 class SimulatedOracle:
     """The dataset's own labels: the driver buys them itself (``apply_selection``)."""
 
+    #: every label is known, so ``diag/*`` (score vs true loss) can be measured
+    knows_labels = True
+
     def check(self, datamodule: Any) -> None:
         """Every dataset can be simulated."""
 
@@ -48,6 +51,9 @@ class SimulatedOracle:
 class HumanOracle:
     """Labels from people: select, write the request, stop (the loop's ``run`` returns
     with ``loop.pending_request`` set; ``mtal loop`` exits with status 3)."""
+
+    #: unlabelled images have no labels yet: no ``diag/*`` (it would read missing files)
+    knows_labels = False
 
     def check(self, datamodule: Any) -> None:
         """The dataset must read per-task label files (checked before any fit)."""

@@ -67,6 +67,11 @@ class LoopSettings:
     allow_config_change: bool = False
     #: read every file of the splits before cycle 0 when they hold at most this many images
     check_data_up_to: int = 2000
+    #: record ``diag/*`` (Spearman of each score vs the true task loss, mtal.diagnostics)
+    #: after every selection; simulation only (reads the scored images' true labels)
+    diagnostics: bool = True
+    #: score-vs-loss correlations on a seeded subsample of at most this many images
+    diagnostics_max_images: int | None = None
 
 
 def validate_settings(settings: LoopSettings) -> None:
@@ -106,6 +111,10 @@ def validate_settings(settings: LoopSettings) -> None:
         (
             settings.stop_after is None or settings.stop_after >= 1,
             f"loop.stop_after={settings.stop_after}: use null or a count >= 1",
+        ),
+        (
+            settings.diagnostics_max_images is None or settings.diagnostics_max_images >= 3,
+            f"loop.diagnostics_max_images={settings.diagnostics_max_images}: use null or >= 3",
         ),
         (
             bool(settings.experiment) and "/" not in settings.experiment,

@@ -8,29 +8,55 @@ import torch
 from torch import Tensor, nn
 
 
-class LossPredictionModule(nn.Module):
-    """Predicts one loss per task from multi-scale features:
-    per level GAP → FC(→ ``hidden``) → ReLU, concatenated, then a linear layer → B×K."""
+class _LossHead(nn.Module):
+    """Yoo & Kweon's module: per level GAP → FC(→ ``hidden``) → ReLU, concatenated, then a
+    linear layer → ``outputs`` predicted losses."""
 
-    def __init__(self, in_channels: Sequence[int], num_tasks: int, hidden: int = 128) -> None:
+    def __init__(self, in_channels: Sequence[int], outputs: int, hidden: int) -> None:
         super().__init__()
         self.fcs = nn.ModuleList(
             [nn.Sequential(nn.Linear(c, hidden), nn.ReLU(inplace=True)) for c in in_channels]
         )
-        self.out = nn.Linear(hidden * len(in_channels), num_tasks)
+        self.out = nn.Linear(hidden * len(in_channels), outputs)
+
+    def forward(self, pooled: Sequence[Tensor]) -> Tensor:
+        return self.out(torch.cat([fc(f) for fc, f in zip(self.fcs, pooled, strict=True)], 1))
+
+
+class LossPredictionModule(nn.Module):
+    """Predicts one loss per task from multi-scale features → B×K.
+
+    ``per_task=True`` (default; WACV24 Sec. 4.2 runs LL4AL with one loss-prediction module
+    per task) builds K independent Yoo & Kweon modules with one output each;
+    ``per_task=False`` one module with K outputs (shared hidden layers)."""
+
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        num_tasks: int,
+        hidden: int = 128,
+        per_task: bool = True,
+    ) -> None:
+        super().__init__()
+        self.num_levels = len(in_channels)
+        self.per_task = bool(per_task)
+        if self.per_task:
+            self.heads = nn.ModuleList(
+                [_LossHead(in_channels, 1, hidden) for _ in range(num_tasks)]
+            )
+        else:
+            self.heads = nn.ModuleList([_LossHead(in_channels, num_tasks, hidden)])
 
     def forward(self, levels: Sequence[Tensor], detach: bool = False) -> Tensor:
         """``levels``: B×C_i×h_i×w_i maps; ``detach`` stops the gradient into the backbone
         (the paper does so after epoch 120)."""
-        if len(levels) != len(self.fcs):
+        if len(levels) != self.num_levels:
             raise ValueError(
-                f"loss-prediction module built for {len(self.fcs)} feature levels, got {len(levels)}"
+                f"loss-prediction module built for {self.num_levels} feature levels, "
+                f"got {len(levels)}"
             )
-        pooled = [
-            fc((f.detach() if detach else f).mean(dim=(2, 3)))
-            for fc, f in zip(self.fcs, levels, strict=True)
-        ]
-        return self.out(torch.cat(pooled, dim=1))
+        pooled = [(f.detach() if detach else f).mean(dim=(2, 3)) for f in levels]
+        return torch.cat([head(pooled) for head in self.heads], dim=1)
 
 
 def ll4al_ranking_loss(pred: Tensor, target: Tensor, margin: float = 1.0) -> Tensor:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from mtal.tasks.base import Task
 
-DISCREPANCY_TARGETS = ("soft", "hard")
+DISCREPANCY_TARGETS = ("soft", "hard", "kl")
 
 
 class OptionsTask(Task):
@@ -122,7 +122,10 @@ class CategoricalTask(OptionsTask):
     """Per-pixel classification with cross-entropy; targets are int64 B×H×W, 255 ignored.
 
     Options: ``discrepancy_target`` ("soft": cross-entropy with softmax(other) as the
-    target distribution, default; "hard": cross-entropy with argmax(other)),
+    target distribution, default — it equals KL(q‖p) + H(q), so a member q that is itself
+    uncertain raises the discrepancy even where it agrees; "kl": KL(softmax(other) ‖
+    softmax(raw)) = soft − H(q), zero when the two agree; "hard": cross-entropy with
+    argmax(other)),
     ``absent`` (mIoU treatment of classes absent from prediction and GT, see
     :class:`mtal.metrics.MeanIoU`).
     """
@@ -193,6 +196,8 @@ class CategoricalTask(OptionsTask):
             return F.cross_entropy(raw, other.argmax(1), reduction="none").flatten(1).mean(1)
         soft = other.softmax(1)
         per_pixel = -(soft * raw.log_softmax(1)).sum(1)
+        if self.options["discrepancy_target"] == "kl":
+            per_pixel = per_pixel - torch.special.entr(soft).sum(1)  # minus H(q)
         return per_pixel.flatten(1).mean(1)
 
     def mc_uncertainty(self, raw_samples: torch.Tensor) -> torch.Tensor:
@@ -295,13 +300,19 @@ class BinaryTask(OptionsTask):
         return self.balanced_bce(raw, target)
 
     def discrepancy(self, raw: torch.Tensor, other_raw: torch.Tensor) -> torch.Tensor:
-        """The task loss with sigmoid(other) ("soft") or sigmoid(other) ≥ 0.5 ("hard")
-        as the target; every pixel is valid."""
+        """The task loss with sigmoid(other) ("soft", which includes the member's own
+        balanced entropy) or sigmoid(other) ≥ 0.5 ("hard") as the target; "kl" subtracts
+        the member's loss against itself (the balanced Bernoulli KL, 0 when they agree);
+        every pixel is valid."""
         check_raw(self, other_raw, "other_raw")
-        prob = other_raw.detach().sigmoid()
+        other = other_raw.detach()
+        prob = other.sigmoid()
         if self.options["discrepancy_target"] == "hard":
             prob = (prob >= 0.5).to(prob.dtype)
-        return self.balanced_bce(raw, prob)
+        out = self.balanced_bce(raw, prob)
+        if self.options["discrepancy_target"] == "kl":
+            out = out - self.balanced_bce(other, prob)
+        return out
 
     def mc_uncertainty(self, raw_samples: torch.Tensor) -> torch.Tensor:
         """Mean over pixels of the binary entropy (nats) of the MC-mean sigmoid."""

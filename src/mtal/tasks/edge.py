@@ -16,7 +16,7 @@ class EdgeTask(BinaryTask):
     ``w = pos_weight`` (0.95 on PASCAL-Context, 0.8 on NYUD; default 0.95). Vandenhende
     divides the batch sum by all pixels; mtal averages per sample over valid pixels.
 
-    Options: ``pos_weight``; ``discrepancy_target`` ("soft" | "hard");
+    Options: ``pos_weight``; ``discrepancy_target`` ("soft" | "hard" | "kl");
     ``metric_mode`` ("exact" one-to-one matching | "approx" distance transform),
     ``max_dist`` (matching radius as a fraction of the image diagonal) and
     ``thresholds`` (count or list) for :class:`mtal.metrics.EdgeODSF`.

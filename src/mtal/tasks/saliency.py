@@ -17,7 +17,7 @@ class SaliencyTask(BinaryTask):
     soft targets, Σ(1 − y) / N); Vandenhende computes it over the whole batch. Set option
     ``pos_weight`` to a number in [0, 1] to fix it instead.
 
-    Other options: ``discrepancy_target`` ("soft" | "hard"), ``beta2`` and
+    Other options: ``discrepancy_target`` ("soft" | "hard" | "kl"), ``beta2`` and
     ``thresholds`` for :class:`mtal.metrics.SaliencyMetrics`.
     """
 

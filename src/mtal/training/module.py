@@ -115,6 +115,14 @@ class MultiTaskModule(L.LightningModule):
     ``per_image``); ``partial_supervision`` (``none | ssl | mtpsl``, with
     ``partial_kwargs``) adds a term for the unlabelled tasks of partially labelled
     images (:mod:`mtal.training.partial`).
+
+    A network with a learnable committee (PAD-Net ``committee_mode: learnable``) is run
+    with ``committee=<its order>`` in training and :meth:`committee_loss` is added to the
+    total (logged as ``train/committee_loss``; ``train/loss`` includes it). With detached
+    committee inputs the main network's gradients are exactly those of a run without it
+    (norm-based gradient clipping, which sees every parameter, is the one exception).
+    ``train_gt_substitution`` (PartAL, ours to expose; default off) passes the batch's
+    labels as ``gt``/``gt_mask`` to the network in training.
     """
 
     def __init__(
@@ -150,6 +158,7 @@ class MultiTaskModule(L.LightningModule):
         sl_normalisation: str = "per_task",
         partial_supervision: str = "none",
         partial_kwargs: dict | None = None,
+        train_gt_substitution: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -309,15 +318,24 @@ class MultiTaskModule(L.LightningModule):
         """Training losses of a batch: ``total``, ``task_losses`` (K), ``per_sample`` (B×K,
         final predictions), ``weights`` (effective), ``ll4al`` and the model ``output``."""
         hp = self.hparams
-        out: MultiTaskOutput = self(batch["image"])
         targets = batch["targets"]
         labelled = batch["labelled"].to(torch.bool)
+        order = int(getattr(self.net, "committee_order", 0)) if self._trains_committee() else 0
+        kwargs: dict[str, Any] = {"committee": order} if order else {}
+        if hp.train_gt_substitution:
+            # PartAL option (off by default): teacher-force the labelled tasks' ground truth
+            # into the distillation input during training, as at scoring time
+            kwargs.update(gt=dict(targets), gt_mask=labelled)
+        out: MultiTaskOutput = self(batch["image"], **kwargs)
         per_sample = self._per_sample(out.final, targets)
-        train_ps = per_sample
-        if out.initial is not None and hp.deep_supervision:
-            train_ps = per_sample + hp.deep_supervision * self._per_sample(out.initial, targets)
         weight = batch["weight"] if hp.use_sample_weights else None
-        task_vec = SL_REDUCTIONS.get(hp.sl_normalisation)(train_ps, labelled, weight)
+        # WACV24 Eq. 5: s_k scales the final-prediction loss only; deep supervision of the
+        # initial predictions is reduced over the labelled samples without s_k
+        reduce = SL_REDUCTIONS.get(hp.sl_normalisation)
+        task_vec = reduce(per_sample, labelled, weight)
+        if out.initial is not None and hp.deep_supervision:
+            initial_ps = self._per_sample(out.initial, targets)
+            task_vec = task_vec + hp.deep_supervision * reduce(initial_ps, labelled)
         task_losses = dict(zip(self.task_names, task_vec.unbind(0)))
         total, eff = self.weighting(task_losses)
         ll4al = None
@@ -334,6 +352,9 @@ class MultiTaskModule(L.LightningModule):
         partial = self.partial(self, batch, out, labelled) if self.partial is not None else None
         if partial is not None:
             total = total + partial
+        committee = self.committee_loss(out, targets, labelled) if order else None
+        if committee is not None:
+            total = total + committee
         if not torch.isfinite(total):
             ids = (
                 batch["index"].tolist() if torch.is_tensor(batch["index"]) else list(batch["index"])
@@ -353,8 +374,33 @@ class MultiTaskModule(L.LightningModule):
             "weights": eff,
             "ll4al": ll4al,
             "partial": partial,
+            "committee": committee,
             "output": out,
         }
+
+    def _trains_committee(self) -> bool:
+        return bool(getattr(self.net, "trains_committee", False))
+
+    def committee_loss(
+        self, out: MultiTaskOutput, targets: Mapping[str, Tensor], labelled: Tensor
+    ) -> Tensor:
+        """WACV24 Sec. 3.2: the learnable committee members ŷ_{k,S} are trained on the
+        labelled set with task k's loss, ``Σ_k Σ_S mean_{b labelled for k} L_k(ŷ_{k,S}, y_k)``
+        (no s_k and no task weights: the blocks only serve selection)."""
+        assert out.committee is not None
+        total = labelled.new_zeros((), dtype=torch.float32)
+        for k, t in enumerate(self.task_names):
+            task = self.task_objects[t]
+            for name, raw in out.committee[t].items():
+                if name == "initial":
+                    continue
+                total = (
+                    total
+                    + reduce_task_losses(
+                        task.loss(raw, targets[t]).unsqueeze(1), labelled[:, k : k + 1]
+                    ).sum()
+                )
+        return total
 
     # ------------------------------------------------------------------ training
     def on_train_epoch_start(self) -> None:
@@ -438,10 +484,13 @@ class MultiTaskModule(L.LightningModule):
         for k, t in enumerate(self.task_names):
             self.train_losses[t].update(res["task_losses"][t].detach(), counts[k])
             self.log(f"train/{t}/weight", res["weights"][t], on_step=True, on_epoch=False)
-        if res.get("partial") is not None:
+        for name in ("partial", "committee"):
+            if res.get(name) is None:
+                continue
+            label = self.hparams.partial_supervision if name == "partial" else "committee"
             self.log(
-                f"train/{self.hparams.partial_supervision}_loss",
-                res["partial"].detach(),
+                f"train/{label}_loss",
+                res[name].detach(),
                 on_step=True,
                 on_epoch=True,
                 batch_size=batch_size,

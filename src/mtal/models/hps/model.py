@@ -89,4 +89,5 @@ class HPS(MultiTaskNet):
             task_features=feats,
             embedding=enc.embedding,
             loss_pred=self.predict_losses(enc),
+            extras={"fused": enc.fused},  # the pre-head map (Core-Set, WACV24 Sec. 4.2)
         )

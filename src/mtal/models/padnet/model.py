@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from mtal.models import MODELS
 from mtal.models.base import MultiTaskNet
 from mtal.models.heads import ConvHead
+from mtal.models.padnet.committee import COMMITTEE_MODES, build_committee
 from mtal.models.padnet.distillation import (
     MultiModalDistillation,
     committee_partner_sets,
@@ -47,6 +48,14 @@ class PADNet(MultiTaskNet):
     initial prediction" well defined: for a sample that carries task t's label,
     ``p_t = encode_target(gt_t)`` (area-resized to the working resolution). Without it,
     ``M_t = F_t`` exactly as in PAD-Net.
+
+    Committee (WACV24 Sec. 3.2), ``committee_mode``: ``"learnable"`` (default, the paper's)
+    builds extra MMD blocks and heads per task and partner set of up to
+    ``committee_order`` partners (:class:`~mtal.models.padnet.committee.LearnableCommittee`),
+    trained by the module with task k's loss, fed detached inputs unless
+    ``committee_detach=False``; ``"shared"`` forms the members from the main network's own
+    SA messages (partial sums) through its final heads (no extra parameters).
+    ``forward(committee=c)`` returns ``"initial"`` plus the members of up to c partners.
     """
 
     def __init__(
@@ -65,6 +74,10 @@ class PADNet(MultiTaskNet):
         final_convs: int = 2,
         gt_substitution: bool = False,
         gt_embed: str = "add",
+        committee_mode: str = "learnable",
+        committee_order: int = 1,
+        committee_detach: bool = True,
+        committee_dropout: float = 0.0,
     ) -> None:
         super().__init__(
             tasks,
@@ -103,6 +116,23 @@ class PADNet(MultiTaskNet):
             if gt_substitution
             else None
         )
+        self.committee_mode = committee_mode
+        self.committee_order = int(committee_order)
+        self.learnable_committee = build_committee(
+            committee_mode,
+            self.task_names,
+            hc,
+            {n: t.out_channels for n, t in self.tasks.items()},
+            order=self.committee_order,
+            num_convs=final_convs,
+            dropout=committee_dropout,
+            detach=committee_detach,
+        )
+
+    @property
+    def trains_committee(self) -> bool:
+        """True when the committee has its own parameters the module must train."""
+        return self.learnable_committee is not None
 
     # -- forward --------------------------------------------------------------------------
     def forward(
@@ -114,15 +144,19 @@ class PADNet(MultiTaskNet):
         gt_mask: Tensor | None = None,
         mc_dropout: bool = False,
         mc_samples: int = 1,
+        committee_mode: str | None = None,
     ) -> MultiTaskOutput:
         """Raw ``final``/``initial`` predictions at input size; ``committee>=1`` also returns
         the committee (members of up to ``committee`` partners); ``gt``/``gt_mask`` (B×K
         bool, task order) substitute ground truth; ``mc_dropout`` keeps head dropout on.
         ``mc_samples=S`` (with ``mc_dropout``): ``final``/``initial`` hold S dropout samples
         per image (S·B rows, sample-major, the masks of ``image.repeat(S)``); the encoder and
-        every part before the first dropout run once (B rows)."""
+        every part before the first dropout run once (B rows). ``committee_mode`` overrides
+        the built mode for this call ("shared" always works, "learnable" needs the learnable
+        blocks)."""
         self._check_image(image)
-        self._check_committee(committee)
+        learnable = self._use_learnable(committee_mode)
+        self._check_committee(committee, learnable)
         samples = self._check_mc_samples(mc_samples, mc_dropout, committee)
         size = image.shape[-2:]
         batch = image.shape[0]
@@ -145,7 +179,14 @@ class PADNet(MultiTaskNet):
             final[name] = self.upsample(raw, size)
         initial = {n: self.upsample(x, size) for n, x in initial_low.items()}
         members = None
-        if committee:
+        if committee and learnable:
+            assert self.learnable_committee is not None
+            learned = self.learnable_committee(inputs, committee)
+            members = {
+                k: {"initial": initial[k], **{m: self.upsample(r, size) for m, r in ms.items()}}
+                for k, ms in learned.items()
+            }
+        elif committee:
             members = self._committee(inputs, messages, initial, committee, mc_dropout, size)
         return MultiTaskOutput(
             final=final,
@@ -154,15 +195,37 @@ class PADNet(MultiTaskNet):
             committee=members,
             embedding=enc.embedding,
             loss_pred=self.predict_losses(enc),
+            extras={"fused": enc.fused},  # the pre-head map (Core-Set, WACV24 Sec. 4.2)
         )
 
     # -- pieces ---------------------------------------------------------------------------
-    def _check_committee(self, committee: int) -> None:
+    def _use_learnable(self, mode: str | None) -> bool:
+        if mode is None:
+            return self.learnable_committee is not None
+        if mode not in COMMITTEE_MODES:
+            raise ValueError(
+                f"padnet committee_mode must be one of {COMMITTEE_MODES}, got {mode!r}"
+            )
+        if mode == "learnable" and self.learnable_committee is None:
+            raise ValueError(
+                "padnet: committee_mode='learnable' was asked, but this network was built with "
+                f"committee_mode={self.committee_mode!r} (no learnable blocks); build it with "
+                "model.model_kwargs.committee_mode: learnable, or score with committee_mode: shared"
+            )
+        return mode == "learnable"
+
+    def _check_committee(self, committee: int, learnable: bool) -> None:
         k = len(self.task_names)
         if not 0 <= committee <= k - 1:
             raise ValueError(
                 f"padnet committee must be between 0 and K-1={k - 1} for tasks "
                 f"{self.task_names} (1 pairs, 2 adds triplets, 3 quadruples); got {committee}"
+            )
+        if learnable and committee > self.committee_order:
+            raise ValueError(
+                f"padnet: the learnable committee was built with committee_order="
+                f"{self.committee_order}, asked for committee={committee}; set "
+                f"model.model_kwargs.committee_order: {committee} (or committee_mode: shared)"
             )
 
     def _committee(
