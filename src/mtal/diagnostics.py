@@ -75,7 +75,10 @@ def oracle_task_losses(ctx: Any, images: np.ndarray) -> np.ndarray:
             target = batch["targets"][n]
             loss = task.loss(out.final[n], target).reshape(-1).float()
             if hasattr(task, "valid_mask"):
-                valid = task.valid_mask(target).flatten(1).any(1)
+                mask = task.valid_mask(target)
+                # per pixel (B×H×W) for dense tasks, per sample (B) for boxes
+                valid = mask.flatten(1).any(1) if mask.dim() > 1 else mask.to(torch.bool)
+                valid = valid.to(loss.device)
                 loss = torch.where(valid, loss, torch.full_like(loss, float("nan")))
             cols.append(loss)
         return {"loss": torch.stack(cols, dim=1)}

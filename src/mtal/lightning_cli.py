@@ -87,30 +87,6 @@ class ActiveTrainer(Trainer):
             export_format=format,
         )
 
-
-class RedactedSaveConfig(SaveConfigCallback):
-    """Lightning's config saver (``<log_dir>/config.yaml`` of ``mtal fit``/``validate``/
-    ``test``) with every secret redacted (:func:`mtal.tracking.redact`), written atomically."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["save_to_log_dir"] = False  # save_config below writes the redacted file
-        super().__init__(*args, **kwargs)
-
-    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        import yaml
-
-        from mtal.io import atomic_write_text
-        from mtal.tracking import redact
-
-        log_dir = trainer.log_dir
-        if log_dir is None:
-            return
-        text = self.parser.dump(self.config, skip_none=False)
-        safe = redact(yaml.safe_load(text))
-        atomic_write_text(
-            Path(log_dir) / self.config_filename, yaml.safe_dump(safe, sort_keys=False)
-        )
-
     def diagnose(
         self,
         model: Any,
@@ -136,6 +112,30 @@ class RedactedSaveConfig(SaveConfigCallback):
             out=out,
             max_images=max_images,
             seed=seed,
+        )
+
+
+class RedactedSaveConfig(SaveConfigCallback):
+    """Lightning's config saver (``<log_dir>/config.yaml`` of ``mtal fit``/``validate``/
+    ``test``) with every secret redacted (:func:`mtal.tracking.redact`), written atomically."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["save_to_log_dir"] = False  # save_config below writes the redacted file
+        super().__init__(*args, **kwargs)
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        import yaml
+
+        from mtal.io import atomic_write_text
+        from mtal.tracking import redact
+
+        log_dir = trainer.log_dir
+        if log_dir is None:
+            return
+        text = self.parser.dump(self.config, skip_none=False)
+        safe = redact(yaml.safe_load(text))
+        atomic_write_text(
+            Path(log_dir) / self.config_filename, yaml.safe_dump(safe, sort_keys=False)
         )
 
 
