@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from mtal.loop.stopping import EarlyStopSettings, as_settings, validate_early_stopping
+
 if TYPE_CHECKING:
     from mtal.data.pool import LabelPool
 
@@ -48,6 +50,8 @@ class LoopSettings:
     verbose: bool = False
     #: stop after this many cycles in this process (testing crash/resume); None = all
     stop_after: int | None = None
+    #: train every cycle to a plateau of ``monitor`` (see :mod:`mtal.loop.stopping`)
+    early_stopping: EarlyStopSettings = field(default_factory=EarlyStopSettings)
 
 
 def validate_settings(settings: LoopSettings) -> None:
@@ -84,6 +88,7 @@ def validate_settings(settings: LoopSettings) -> None:
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
+    validate_early_stopping(as_settings(settings.early_stopping))
 
 
 def derive_seed(*parts: int | str) -> int:
