@@ -131,7 +131,7 @@ def test_paper_grids(monkeypatch: pytest.MonkeyPatch) -> None:
     assert committees == {"C5": 1, "C11": 2, "C15": 3}
     demo = load_grid("experiments/demo.yaml")
     assert (demo.name, demo.config) == ("demo", "configs/synthetic/demo.yaml")
-    assert demo.strategies == ["mtal", "random", "coreset"] and demo.seeds == [0, 1]
+    assert demo.strategies == ["mtal", "random", "coreset"] and demo.seeds == [0, 1, 2]
     assert demo.reference is not None and demo.reference["data.initial"] == 1.0
 
 
