@@ -312,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = write_report(args.experiment)
     print(f"[mtal] report written to {out}")
     if args.print:
-        for name in ("summary.md", "savings.md"):
+        for name in ("summary.md", "savings.md", "stopping.md", "efficiency.md"):
             if (out / name).exists():
                 print((out / name).read_text())
     return 0

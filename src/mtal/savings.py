@@ -181,8 +181,9 @@ def paired_differences(
 def _mean_std(values: Sequence[float]) -> str:
     if not values:
         return "—"
-    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-    return f"{float(np.mean(values)):.3f} ± {std:.3f}"
+    if len(values) == 1:
+        return f"{values[0]:.3f} (n=1)"
+    return f"{float(np.mean(values)):.3f} ± {float(np.std(values, ddof=1)):.3f}"
 
 
 def efficiency_markdown(
