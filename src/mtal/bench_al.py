@@ -18,12 +18,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mtal.experiment import Grid, Run, expand, load_grid, run_grid
-from mtal.report import write_report
+from mtal.report import headline_metrics, metrics_of, read_runs, write_report
 
 GRID = Path("experiments/bench_al.yaml")
 DOCS = Path("docs/bench_al")
-#: report files copied into the docs folder
-COPIED = ("*.md", "*.csv", "*.png")
+#: report files copied into the docs folder (plus the headline metrics' curves)
+COPIED = ("*.md", "*.csv")
 
 
 def _cpu_seconds() -> float:
@@ -111,8 +111,13 @@ def run_and_report(
     )
     if docs is not None:
         docs.mkdir(parents=True, exist_ok=True)
-        for pattern in COPIED:
-            for path in sorted(report.glob(pattern)):
+        paths = [p for pattern in COPIED for p in sorted(report.glob(pattern))]
+        runs = read_runs(report.parent)
+        for metric in headline_metrics(metrics_of(runs)):
+            name = metric.replace("val/", "").replace("/", "_")
+            paths.append(report / f"curve_{name}.png")
+        for path in paths:
+            if path.exists():
                 shutil.copy2(path, docs / path.name)
     print(f"\n[mtal] {grid.name}: {wall:.0f} s wall, {used:.0f} s CPU; report in {report}")
     return report
