@@ -93,7 +93,7 @@ def run_and_report(
 ) -> Path:
     """Run (or resume) a grid, write its report and ``provenance.md``; copy the report
     into ``docs`` when given. Returns the report folder."""
-    start, cpu = time.perf_counter(), _cpu_seconds()
+    start, cpu, commit = time.perf_counter(), _cpu_seconds(), _commit()
     grid = load_grid(grid_path, smoke=smoke)
     executed = run_parallel(grid, runs_dir, jobs)
     report = write_report(Path(runs_dir) / grid.name)
@@ -101,7 +101,7 @@ def run_and_report(
     (report / "provenance.md").write_text(
         f"- command: `{command}`\n"
         f"- grid: `{grid_path}`{' (smoke)' if smoke else ''}\n"
-        f"- commit: `{_commit()}`\n"
+        f"- commit (when the command started): `{commit}`\n"
         f"- runs executed in this invocation: {len(executed)} "
         f"(finished runs are skipped and not timed)\n"
         f"- parallel runs: {jobs}; wall time: {wall:.0f} s; "

@@ -219,7 +219,7 @@ def efficiency_markdown(
             f"{fraction * reference if higher else reference / fraction:.4f})",
             "",
             f"| strategy | labels to {100 * fraction:.0f}% per seed | reached | nAUC | "
-            f"Δ nAUC vs {BASELINE} per seed | Δ mean ± std | sign-test p | verdict |",
+            f"Δ nAUC vs {BASELINE} per seed | Δ mean ± std | sign-test p (Δ > 0) | verdict |",
             "|---|---|---|---|---|---|---|---|",
         ]
         for s in strategies:
