@@ -8,6 +8,8 @@ export WANDB_MODE ?= offline
 export NO_ALBUMENTATIONS_UPDATE := 1
 export WANDB_SILENT := true
 SMOKE ?= 0
+# runs of a grid at once (demo, bench-al), one core each
+JOBS ?= 2
 
 SMOKE_FLAG := $(if $(filter 1,$(SMOKE)),--smoke,)
 RUNS ?= runs
@@ -19,7 +21,7 @@ PAPERS := wacv24-nyud:wacv24_nyud wacv24-pascal:wacv24_pascal wacv24-tab1:wacv24
 	mtpsl-pascal:mtpsl_pascal mtpsl-al:mtpsl_al
 PAPER_TARGETS := $(foreach p,$(PAPERS),paper-$(word 1,$(subst :, ,$(p))))
 
-.PHONY: install demo test lint format clean bench papers-smoke $(PAPER_TARGETS)
+.PHONY: install demo test lint format clean bench bench-al papers-smoke $(PAPER_TARGETS)
 
 install: $(STAMP)
 
@@ -29,7 +31,7 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 demo: install
-	$(BIN)/python -m mtal.demo
+	$(BIN)/python -m mtal.demo --jobs $(JOBS)
 
 test: install
 	$(BIN)/ruff check src tests benchmarks
@@ -48,6 +50,11 @@ bench: install
 	$(BIN)/python benchmarks/bench_models.py
 	$(BIN)/python benchmarks/bench_search.py
 	$(BIN)/python benchmarks/bench_scoring.py
+
+# `make bench-al`: the label-efficiency benchmark (experiments/bench_al.yaml), resumable;
+# report in $(RUNS)/bench-al/report, copied to docs/bench_al/. SMOKE=1: its tiny version.
+bench-al: install
+	$(BIN)/python -m mtal.bench_al $(SMOKE_FLAG) --jobs $(JOBS) --runs-dir $(if $(filter 1,$(SMOKE)),$(RUNS)/smoke,$(RUNS))
 
 # `make paper-<name>` runs one paper's grid (resumable); SMOKE=1 runs it on tiny
 # procedural fixtures in minutes.

@@ -9,6 +9,7 @@ against the YAML files themselves and against the papers' constants.
 from __future__ import annotations
 
 import os
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +108,8 @@ def test_config_instantiates(
     settings = cli.config_init["loop"]["loop"]
     assert isinstance(settings, LoopSettings)
     for key, value in raw["loop"].items():
-        assert getattr(settings, key) == value, f"{path}: loop.{key}"
+        got = getattr(settings, key)  # a nested section (loop.early_stopping) is a dataclass
+        assert (asdict(got) if is_dataclass(got) else got) == value, f"{path}: loop.{key}"
 
     # model hyperparameters are the file's values (except the offline overrides)
     model = cli.model

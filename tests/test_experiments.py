@@ -166,7 +166,7 @@ def test_paper_grids(monkeypatch: pytest.MonkeyPatch) -> None:
     }
     demo = load_grid("experiments/demo.yaml")
     assert (demo.name, demo.config) == ("demo", "configs/synthetic/demo.yaml")
-    assert demo.strategies == ["mtal", "random", "coreset"] and demo.seeds == [0, 1]
+    assert demo.strategies == ["mtal", "random", "coreset"] and demo.seeds == [0, 1, 2]
     assert demo.reference is not None and demo.reference["data.initial"] == 1.0
 
 

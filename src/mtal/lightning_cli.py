@@ -23,10 +23,10 @@ class ActiveTrainer(Trainer):
     fresh_trainer: Callable[..., Trainer] | None = None
     mtal_config: dict[str, Any] | None = None
 
-    def _fresh(self, callbacks: list[Any], logger: Any) -> Trainer:
+    def _fresh(self, callbacks: list[Any], logger: Any, **overrides: Any) -> Trainer:
         if self.fresh_trainer is not None:
-            return self.fresh_trainer(callbacks=callbacks, logger=logger)
-        return Trainer(callbacks=callbacks, logger=logger, enable_checkpointing=False)
+            return self.fresh_trainer(callbacks=callbacks, logger=logger, **overrides)
+        return Trainer(callbacks=callbacks, logger=logger, enable_checkpointing=False, **overrides)
 
     def loop(self, model: Any, datamodule: Any, loop: LoopSettings = _DEFAULT_LOOP) -> None:
         """Run (or resume) an active-learning experiment: fit, select, label, repeat."""
@@ -231,10 +231,10 @@ class MtalCLI(LightningCLI):
         trainer_cfg = dict(self._get(self.config_init, "trainer", default={}) or {})
         datamodule = self.datamodule
 
-        def fresh(callbacks: list[Any], logger: Any) -> Trainer:
+        def fresh(callbacks: list[Any], logger: Any, **overrides: Any) -> Trainer:
             cfg = dict(trainer_cfg)
             user = [copy.deepcopy(c) for c in (cfg.pop("callbacks", None) or [])]
-            cfg.update(callbacks=user + list(callbacks), logger=logger)
+            cfg.update(callbacks=user + list(callbacks), logger=logger, **overrides)
             cfg["enable_checkpointing"] = False
             cfg["log_every_n_steps"] = log_interval(cfg.get("log_every_n_steps"), datamodule)
             if cfg.get("enable_progress_bar") is False:  # mtal's one bar per fit instead

@@ -14,6 +14,10 @@ into ``<experiment>/report/``:
 - ``cost_curve_<metric>.png`` and ``savings_cost.md``: the same against cumulative
   annotation cost, for runs priced by ``loop.task_costs`` or ``--task_costs``
   (:mod:`mtal.report_costs`).
+- ``efficiency.md`` (with a reference) and ``stopping.md``: labels to 95% of the
+  fully-trained performance, normalised AUC and paired differences to Random per seed,
+  and how every cycle's fit ended (plateau or step cap; capped curves are flagged in
+  the plots and in summary.md), see :mod:`mtal.savings`.
 
 The fully-trained reference is a run named ``full`` (``--loop.name full`` with
 ``data.initial 1.0`` and one cycle); without one, the savings use the best value any
@@ -140,15 +144,22 @@ def reference_value(runs: dict[str, list[list[dict[str, float]]]], metric: str) 
     return float(np.mean(values)) if values else None
 
 
-def plot_curve(curves: list[Curve], metric: str, reference: float | None, out: Path) -> Path:
-    """Write one AL curve PNG (matplotlib Agg)."""
+def plot_curve(
+    curves: list[Curve],
+    metric: str,
+    reference: float | None,
+    out: Path,
+    flags: dict[str, str] | None = None,
+) -> Path:
+    """Write one AL curve PNG (matplotlib Agg); ``flags`` adds a note to a strategy's label."""
     # a Figure without pyplot: no global backend switch (notebooks keep theirs)
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(5.5, 4.0), dpi=110)
     ax = fig.add_subplot(1, 1, 1)
     for c in curves:
-        ax.plot(c.x, c.mean, marker="o", label=f"{c.strategy} (n={c.seeds})")
+        note = f" {flags[c.strategy]}" if flags and c.strategy in flags else ""
+        ax.plot(c.x, c.mean, marker="o", label=f"{c.strategy} (n={c.seeds}){note}")
         ax.fill_between(c.x, c.mean - c.std, c.mean + c.std, alpha=0.2)
     if reference is not None:
         ax.axhline(reference, color="black", linestyle="--", linewidth=1, label="fully trained")
@@ -290,11 +301,18 @@ def write_report(experiment_dir: str | Path, task_costs: dict[str, float] | None
     add_equal_star(runs)  # WACV24's EquAL* row, when EquAL-<task> runs exist
     metrics = metrics_of(runs)
     strategies = [s for s in sorted(runs) if s != REFERENCE]
+    from mtal.savings import capped_strategies, read_seeded, write_efficiency
+
+    capped = {
+        s: f"[{n} capped cycles]" for s, n in capped_strategies(read_seeded(experiment_dir)).items()
+    }
     for metric in metrics:
         curves = [c for s in strategies if (c := curve(s, runs[s], metric)) is not None]
         if curves:
             name = metric.replace("val/", "").replace("/", "_")
-            plot_curve(curves, metric, reference_value(runs, metric), out / f"curve_{name}.png")
+            plot_curve(
+                curves, metric, reference_value(runs, metric), out / f"curve_{name}.png", capped
+            )
     write_pictures(experiment_dir, out, runs, metrics)
     rows = table_rows({s: runs[s] for s in strategies}, metrics)
     columns = ["strategy", "cycle", "% labels", "labels", "seeds", *metrics]
@@ -307,7 +325,13 @@ def write_report(experiment_dir: str | Path, task_costs: dict[str, float] | None
     arrows = {m: ("↑" if higher_is_better(m) else "↓") for m in short[4:]}
     header = {c: (f"{c.removeprefix('val/')} {arrows[c]}" if c in arrows else c) for c in short}
     renamed = [{header[c]: r.get(c, "") for c in short} for r in rows]
-    (out / "summary.md").write_text(markdown_table(renamed, [header[c] for c in short]))
+    warning = "".join(
+        f"\n**{s}: {n}** (step cap reached, see stopping.md)\n" for s, n in capped.items()
+    )
+    (out / "summary.md").write_text(markdown_table(renamed, [header[c] for c in short]) + warning)
+    write_efficiency(
+        experiment_dir, out, headline_metrics(metrics), {m: higher_is_better(m) for m in metrics}
+    )
     if HEADLINE in metrics:
         curves = [c for s in strategies if (c := curve(s, runs[s], HEADLINE)) is not None]
         reference = reference_value(runs, HEADLINE)
@@ -357,7 +381,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = write_report(args.experiment, parse_task_costs(args.task_costs))
     print(f"[mtal] report written to {out}")
     if args.print:
-        for name in ("summary.md", "savings.md", "savings_cost.md", "diagnostics.md"):
+        for name in (
+            "summary.md",
+            "savings.md",
+            "savings_cost.md",
+            "stopping.md",
+            "efficiency.md",
+            "diagnostics.md",
+        ):
             if (out / name).exists():
                 print((out / name).read_text())
     return 0

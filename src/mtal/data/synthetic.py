@@ -40,6 +40,7 @@ they never share scenes.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable, Sequence
@@ -148,6 +149,17 @@ class SceneKnobs:
     fov_deg: tuple[float, float] = (55.0, 75.0)
     #: smallest visible instance (pixels) that gets a bounding box
     min_box_pixels: int = 4
+    #: consecutive samples that show one scene from a short camera trajectory (video-like
+    #: redundancy: groups of near-duplicate frames); 1 = every sample its own scene
+    frames_per_scene: int = 1
+    #: camera translation between two consecutive frames (metres, a random horizontal
+    #: direction per scene)
+    frame_step_m: float = 0.05
+    #: camera yaw change between two consecutive frames (degrees, sign random per scene)
+    frame_yaw_deg: float = 1.5
+    #: splits rendered as trajectories; the others keep one frame per scene, so that
+    #: validation and test measure on independent scenes
+    frame_splits: tuple[str, ...] = ("train",)
 
     def __post_init__(self) -> None:
         probs = ("figure_prob", "rare_class_prob", "void_object_prob", "dark_prob")
@@ -163,6 +175,18 @@ class SceneKnobs:
             raise ValueError(f"SyntheticScenes: fov_deg={self.fov_deg} must lie in (0, 170)")
         if self.max_depth <= 0:
             raise ValueError(f"SyntheticScenes: max_depth={self.max_depth} must be > 0 metres")
+        if self.frames_per_scene < 1:
+            raise ValueError(
+                f"SyntheticScenes: frames_per_scene={self.frames_per_scene} must be >= 1"
+            )
+        bad_splits = sorted(set(self.frame_splits) - {"train", "val", "test"})
+        if bad_splits:
+            raise ValueError(
+                f"SyntheticScenes: frame_splits has unknown split(s) {bad_splits}; "
+                "use any of ['train', 'val', 'test']"
+            )
+        if self.frame_step_m < 0 or self.frame_yaw_deg < 0:
+            raise ValueError("SyntheticScenes: frame_step_m and frame_yaw_deg must be >= 0")
         if self.noise_std < 0 or self.depth_holes < 0 or self.texture_strength < 0:
             raise ValueError(
                 "SyntheticScenes: noise_std, depth_holes, texture_strength must be >= 0"
@@ -1037,6 +1061,27 @@ def render_scene(scene: Scene, knobs: SceneKnobs, rng: np.random.Generator) -> S
     )
 
 
+def move_camera(scene: Scene, knobs: SceneKnobs, rng: np.random.Generator, frame: int) -> Scene:
+    """``scene`` seen from frame ``frame`` of its short camera trajectory.
+
+    The trajectory is centred on the sampled pose: frame f moves the camera by
+    ``(f - (F-1)/2) · frame_step_m`` along a horizontal direction drawn from ``rng`` and
+    turns it about the vertical axis by the same multiple of ``frame_yaw_deg`` (sign
+    drawn from ``rng``); the position is kept at least 0.3 m inside the room."""
+    offset = frame - (knobs.frames_per_scene - 1) / 2.0  # only called on trajectory splits
+    heading = 2.0 * math.pi * float(rng.random())
+    sign = 1.0 if float(rng.random()) < 0.5 else -1.0
+    step = np.array([math.sin(heading), 0.0, math.cos(heading)]) * knobs.frame_step_m
+    position = scene.position + offset * step
+    margin = np.array([0.3, 0.3, 0.3])
+    position = np.clip(position, margin, scene.room - margin)
+    a = sign * math.radians(knobs.frame_yaw_deg) * offset
+    turn = np.array(
+        [[math.cos(a), 0.0, math.sin(a)], [0.0, 1.0, 0.0], [-math.sin(a), 0.0, math.cos(a)]]
+    )
+    return dataclasses.replace(scene, R=turn @ scene.R, position=position)
+
+
 @functools.lru_cache(maxsize=8)
 def _pixel_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Flat pixel coordinates u (column), v (row) and the H×W grid of flat indices."""
@@ -1129,14 +1174,42 @@ class SyntheticScenes(MultiTaskDataset):
             )
         return np.random.default_rng([self.seed, SPLIT_CODES[self.split], int(index)])
 
+    def scene_of(self, index: int) -> tuple[int, int]:
+        """(scene, frame) of sample ``index``: ``frames_per_scene`` consecutive samples
+        show one scene."""
+        self._rng(index)  # range check
+        return divmod(int(index), self.frames_per_scene)
+
+    @property
+    def frames_per_scene(self) -> int:
+        """Frames per scene of this split (1 outside ``frame_splits``)."""
+        k = self.knobs
+        return k.frames_per_scene if self.split in k.frame_splits else 1
+
     def scene(self, index: int) -> Scene:
-        """The sampled (not rendered) scene of sample ``index``."""
-        return _SceneBuilder(self._rng(index), self.knobs, self.size).build()
+        """The sampled (not rendered) scene of sample ``index``, seen from its frame."""
+        return self._frame(index)[0]
+
+    def _frame(self, index: int) -> tuple[Scene, np.random.Generator]:
+        """The scene of sample ``index`` and the generator of its sensor noise.
+
+        With one frame per scene, sample i is scene i drawn from ``(seed, split, i)``
+        (unchanged). With F frames, the scene and its trajectory come from
+        ``(seed, split, i // F)`` and each frame's noise and depth holes from
+        ``(seed, split, i // F, frame)``."""
+        if self.frames_per_scene == 1:
+            rng = self._rng(index)
+            return _SceneBuilder(rng, self.knobs, self.size).build(), rng
+        scene_index, frame = self.scene_of(index)
+        base = [self.seed, SPLIT_CODES[self.split], scene_index]
+        rng = np.random.default_rng(base)
+        scene = _SceneBuilder(rng, self.knobs, self.size).build()
+        scene = move_camera(scene, self.knobs, rng, frame)
+        return scene, np.random.default_rng([*base, frame])
 
     def render(self, index: int) -> SceneRender:
         """All buffers of sample ``index`` (always rendered afresh)."""
-        rng = self._rng(index)
-        scene = _SceneBuilder(rng, self.knobs, self.size).build()
+        scene, rng = self._frame(index)
         return render_scene(scene, self.knobs, rng)
 
     def _targets(self, index: int) -> dict[str, np.ndarray]:

@@ -43,6 +43,7 @@ from mtal.loop.settings import (
     run_dir_for,
     validate_settings,
 )
+from mtal.loop.stopping import plateau_stop
 from mtal.progress import Clock
 from mtal.tracking import OffsetLogger, close_logger, create_logger
 
@@ -361,7 +362,11 @@ class ActiveLearningLoop:
         offset = int(state["step_offsets"][str(cycle)])
         callback = CycleTracker(cycle, stats, monitor=s.monitor, mode=s.monitor_mode)
         wrapped = OffsetLogger(logger, offset) if logger is not None else False
-        trainer = self.make_trainer(callbacks=[callback], logger=wrapped)
+        # plateau stop (loop.early_stopping, issue 12): extra callback + trainer arguments
+        stop = plateau_stop(s.early_stopping, s.monitor, s.monitor_mode)
+        extra = {} if stop is None else stop.trainer_overrides()
+        stop_callbacks = [] if stop is None else [stop.callback]
+        trainer = self.make_trainer(callbacks=[callback, *stop_callbacks], logger=wrapped, **extra)
         distributed.check_loop_trainer(trainer)  # DDP: the ranks must outlive the fit
         trainer.fit(self.module, datamodule=self.datamodule)
         assert callback.best_state is not None
@@ -375,7 +380,7 @@ class ActiveLearningLoop:
         if logger is not None:
             logged = {f"al/{k}" if "/" not in k else k: v for k, v in row.items()}
             logger.log_metrics(logged, step=offset + steps)
-        self.metrics.put(row)
+        self.metrics.put({**row, **({} if stop is None else stop.outcome(steps))})
         self._write_state(state)
         return metrics
 

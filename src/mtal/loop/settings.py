@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from mtal.loop.stopping import EarlyStopSettings, as_settings, validate_early_stopping
+
 if TYPE_CHECKING:
     from mtal.acquisition.costs import CostBudget
     from mtal.data.pool import LabelPool
@@ -72,6 +74,8 @@ class LoopSettings:
     diagnostics: bool = True
     #: score-vs-loss correlations on a seeded subsample of at most this many images
     diagnostics_max_images: int | None = None
+    #: train every cycle to a plateau of ``monitor`` (see :mod:`mtal.loop.stopping`)
+    early_stopping: EarlyStopSettings = field(default_factory=EarlyStopSettings)
 
 
 def validate_settings(settings: LoopSettings) -> None:
@@ -124,6 +128,7 @@ def validate_settings(settings: LoopSettings) -> None:
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
+    validate_early_stopping(as_settings(settings.early_stopping))
     from mtal.loop.oracle import ORACLES
 
     if settings.oracle not in ORACLES:
