@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtal.models.base import MultiTaskNet
 from mtal.models.heads import ConvHead, SpatialAttention
 from mtal.models.padnet.distillation import committee_partner_sets, member_name
 
@@ -122,7 +123,7 @@ class LearnableCommittee(nn.Module):
             for a in s:
                 refined = refined + self.attention[t][name][a](x[a])
             raw = self.heads[t][name](refined)[1]
-            out[t][name] = raw if size is None else _resize(raw, size)
+            out[t][name] = raw if size is None else MultiTaskNet.upsample(raw, size)
         return out
 
     def _batched(
@@ -164,7 +165,7 @@ class LearnableCommittee(nn.Module):
                 .reshape(n * batch, o, *raw.shape[-2:])
             )
             if size is not None:
-                raw = _resize(raw, size)
+                raw = MultiTaskNet.upsample(raw, size)
             for s, member in zip(mine, raw.split(batch)):
                 out[t][member_name(s)] = member
             start += len(mine)
@@ -190,13 +191,6 @@ class LearnableCommittee(nn.Module):
             for i, (t, s) in enumerate(readers):
                 out[(t, s, a)] = sa[:, i]
         return out
-
-
-def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear resize to ``size`` (PAD-Net's upsampling of raw outputs), or ``x`` itself."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
 
 def _layers(head: ConvHead) -> list[nn.Sequential]:
