@@ -84,20 +84,26 @@ class Curve:
     seeds: int
 
 
+def numeric_rows(table: Path) -> list[dict[str, float]]:
+    """The numeric cells of one ``metrics.csv``, a dict per row."""
+    rows = []
+    with table.open(newline="") as handle:
+        for raw in csv.DictReader(handle):
+            row = {}
+            for key, value in raw.items():
+                try:
+                    row[key] = float(value)
+                except (TypeError, ValueError):
+                    continue
+            rows.append(row)
+    return rows
+
+
 def read_runs(experiment_dir: Path) -> dict[str, list[list[dict[str, float]]]]:
     """strategy → list over seeds of the metrics rows (numbers only)."""
     runs: dict[str, list[list[dict[str, float]]]] = defaultdict(list)
     for table in sorted(experiment_dir.glob("*/seed*/metrics.csv")):
-        rows = []
-        with table.open(newline="") as handle:
-            for raw in csv.DictReader(handle):
-                row = {}
-                for key, value in raw.items():
-                    try:
-                        row[key] = float(value)
-                    except (TypeError, ValueError):
-                        continue
-                rows.append(row)
+        rows = numeric_rows(table)
         if rows:
             runs[table.parent.parent.name].append(rows)
     return dict(runs)

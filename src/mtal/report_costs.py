@@ -79,20 +79,10 @@ def cost_curves(
 
 
 def read_runs_rows(table: Path) -> list[dict[str, float]]:
-    """The numeric cells of one ``metrics.csv``."""
-    import csv
+    """The numeric cells of one ``metrics.csv`` (:func:`mtal.report.numeric_rows`)."""
+    from mtal.report import numeric_rows
 
-    rows = []
-    with table.open(newline="") as handle:
-        for raw in csv.DictReader(handle):
-            row = {}
-            for key, value in raw.items():
-                try:
-                    row[key] = float(value)
-                except (TypeError, ValueError):
-                    continue
-            rows.append(row)
-    return rows
+    return numeric_rows(table)
 
 
 def plot_cost_curve(curves: Mapping[str, tuple], metric: str, out: Path) -> Path:

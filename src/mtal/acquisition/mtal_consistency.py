@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,14 @@ from mtal.acquisition.scoring import forward, labelled_features, stream_summarie
 DiversityFn = Callable[
     ["MTALStrategy", AcquisitionContext, torch.Tensor, torch.Tensor, list[int], int], np.ndarray
 ]
+
+
+def accepts_refine(model: torch.nn.Module) -> bool:
+    """Whether the network's ``forward`` declares ``refine`` (PAD-Net: ``refine=False``
+    skips the distillation and final heads, whose output MTAL's initial anchor never reads)."""
+    net = getattr(model, "net", None) or model
+    param = inspect.signature(net.forward).parameters.get("refine")
+    return param is not None and param.kind in (param.KEYWORD_ONLY, param.POSITIONAL_OR_KEYWORD)
 
 
 def _nearest(queries: torch.Tensor, keys: torch.Tensor) -> np.ndarray:
@@ -427,13 +436,22 @@ class MTALStrategy(Strategy):
                 channels.extend(int(out.task_features[n].shape[1]) for n in names)
             return pooled_task_features(out.task_features, names, grid)
 
+        # the refined PAD-Net output is read only by anchor='final' (nothing else of the
+        # select uses `final`): skip the distillation and final heads otherwise
+        skip = {"refine": False} if accepts_refine(ctx.model) else {}
+        unl_skip = skip if not use_incons or self.anchor == "initial" else {}
+
         def summarise_unl(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
             if use_incons:
                 out = forward(
-                    ctx, batch, committee=self.committee, committee_mode=self.committee_mode
+                    ctx,
+                    batch,
+                    committee=self.committee,
+                    committee_mode=self.committee_mode,
+                    **unl_skip,
                 )
             else:
-                out = forward(ctx, batch)
+                out = forward(ctx, batch, **unl_skip)
             res = {}
             if use_incons:
                 res["incons"] = self.inconsistency(ctx, out)
@@ -442,7 +460,7 @@ class MTALStrategy(Strategy):
             return res
 
         def summarise_lab(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-            return {"feat": features_of(forward(ctx, batch))}
+            return {"feat": features_of(forward(ctx, batch, **skip))}
 
         unl = np.asarray(ctx.pool.unlabelled_images(), dtype=np.int64)
         lab = np.asarray(ctx.pool.labelled_images(), dtype=np.int64)

@@ -88,3 +88,18 @@ class MultiTaskNet(nn.Module):
     def _check_image(self, image: Tensor) -> None:
         if image.ndim != 4 or image.shape[1] != 3:
             raise ValueError(f"model input must be B×3×H×W, got shape {tuple(image.shape)}")
+
+    @staticmethod
+    def _refuse_cross_task(name: str, committee: int, gt: Any, gt_mask: Any) -> None:
+        """A model without cross-task paths refuses a committee or ground-truth
+        substitution, naming the model that has them (PAD-Net)."""
+        if committee:
+            raise ValueError(
+                f"model {name!r} has no cross-task committee (asked committee={committee}); "
+                "use model 'padnet' for committee-based strategies"
+            )
+        if gt is not None or gt_mask is not None:
+            raise ValueError(
+                f"model {name!r} cannot substitute ground truth (gt/gt_mask given); "
+                "use model 'padnet' with gt_substitution=true (PartAL)"
+            )

@@ -141,11 +141,7 @@ class DetSeg(MultiTaskNet):
     ) -> MultiTaskOutput:
         """Predict every task (``boxes`` at stride 4, dense tasks at the input size)."""
         self._check_image(image)
-        if committee or gt is not None or gt_mask is not None:
-            raise ValueError(
-                "model 'detseg' has no cross-task committee or ground-truth substitution "
-                "(committee/gt given); use 'padnet' for committee-based strategies"
-            )
+        self._refuse_cross_task("detseg", committee, gt, gt_mask)
         enc = self.encoder(image)
         final: dict[str, Tensor] = {}
         feats: dict[str, Tensor] = {}

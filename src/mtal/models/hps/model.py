@@ -67,16 +67,7 @@ class HPS(MultiTaskNet):
         sample-major) from one pass of the encoder and head bodies."""
         self._check_image(image)
         samples = self._check_mc_samples(mc_samples, mc_dropout, committee)
-        if committee:
-            raise ValueError(
-                f"model 'hps' has no cross-task committee (asked committee={committee}); "
-                "use model 'padnet' for committee-based strategies"
-            )
-        if gt is not None or gt_mask is not None:
-            raise ValueError(
-                "model 'hps' cannot substitute ground truth (gt/gt_mask given); "
-                "use model 'padnet' with gt_substitution=true"
-            )
+        self._refuse_cross_task("hps", committee, gt, gt_mask)
         size = image.shape[-2:]
         enc = self.encoder(image)
         final: dict[str, Tensor] = {}

@@ -53,7 +53,8 @@ class PADNet(MultiTaskNet):
     builds extra MMD blocks and heads per task and partner set of up to
     ``committee_order`` partners (:class:`~mtal.models.padnet.committee.LearnableCommittee`),
     trained by the module with task k's loss, fed detached inputs unless
-    ``committee_detach=False``; ``"shared"`` forms the members from the main network's own
+    ``committee_detach=False`` (``committee_batched=True``: members computed with stacked
+    kernels in eval mode, same numbers); ``"shared"`` forms the members from the main network's own
     SA messages (partial sums) through its final heads (no extra parameters).
     ``forward(committee=c)`` returns ``"initial"`` plus the members of up to c partners.
     """
@@ -78,6 +79,7 @@ class PADNet(MultiTaskNet):
         committee_order: int = 1,
         committee_detach: bool = True,
         committee_dropout: float = 0.0,
+        committee_batched: bool = False,
     ) -> None:
         super().__init__(
             tasks,
@@ -127,6 +129,7 @@ class PADNet(MultiTaskNet):
             num_convs=final_convs,
             dropout=committee_dropout,
             detach=committee_detach,
+            batched=committee_batched,
         )
 
     @property
@@ -145,6 +148,7 @@ class PADNet(MultiTaskNet):
         mc_dropout: bool = False,
         mc_samples: int = 1,
         committee_mode: str | None = None,
+        refine: bool = True,
     ) -> MultiTaskOutput:
         """Raw ``final``/``initial`` predictions at input size; ``committee>=1`` also returns
         the committee (members of up to ``committee`` partners); ``gt``/``gt_mask`` (B×K
@@ -153,7 +157,9 @@ class PADNet(MultiTaskNet):
         per image (S·B rows, sample-major, the masks of ``image.repeat(S)``); the encoder and
         every part before the first dropout run once (B rows). ``committee_mode`` overrides
         the built mode for this call ("shared" always works, "learnable" needs the learnable
-        blocks)."""
+        blocks). ``refine=False`` skips the distillation and final heads (``final`` is then
+        empty), for callers that read only ``initial``/``task_features``/``committee`` (MTAL
+        scoring with WACV24's initial anchor); every other output is unchanged."""
         self._check_image(image)
         learnable = self._use_learnable(committee_mode)
         self._check_committee(committee, learnable)
@@ -168,9 +174,10 @@ class PADNet(MultiTaskNet):
                 self.initial_heads[name], enc.fused, mc_dropout, samples
             )
         inputs = self._distillation_inputs(feats, initial_low, gt, gt_mask, size)
-        messages = self.distillation.messages(inputs)
+        shared = bool(committee) and not learnable
+        messages = self.distillation.messages(inputs) if refine or shared else {}
         final = {}
-        for name in self.task_names:
+        for name in self.task_names if refine else ():
             others = [a for a in self.task_names if a != name]
             refined = self.distillation.refine(inputs, messages, name, others)
             # refined has B rows (inputs deterministic) or S·B (gt substitution samples them)
@@ -181,11 +188,8 @@ class PADNet(MultiTaskNet):
         members = None
         if committee and learnable:
             assert self.learnable_committee is not None
-            learned = self.learnable_committee(inputs, committee)
-            members = {
-                k: {"initial": initial[k], **{m: self.upsample(r, size) for m, r in ms.items()}}
-                for k, ms in learned.items()
-            }
+            learned = self.learnable_committee(inputs, committee, size)
+            members = {k: {"initial": initial[k], **ms} for k, ms in learned.items()}
         elif committee:
             members = self._committee(inputs, messages, initial, committee, mc_dropout, size)
         return MultiTaskOutput(

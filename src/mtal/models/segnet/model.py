@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from mtal.models import MODELS
 from mtal.models.backbones import conv_bn_relu
+from mtal.models.base import MultiTaskNet
 from mtal.models.heads import MCDropout2d
 from mtal.models.ll4al import LossPredictionModule
 from mtal.types import MultiTaskOutput
@@ -118,11 +119,7 @@ class SegNet(nn.Module):
         mc_dropout: bool = False,
     ) -> MultiTaskOutput:
         """Predict every task; SegNet has no cross-task path (``committee`` 0, no ``gt``)."""
-        if committee or gt is not None or gt_mask is not None:
-            raise ValueError(
-                "model 'segnet' has no cross-task committee or ground-truth substitution; "
-                "use model 'padnet' for committee-based strategies and PartAL"
-            )
+        MultiTaskNet._refuse_cross_task("segnet", committee, gt, gt_mask)
         if image.ndim != 4 or image.shape[1] != 3:
             raise ValueError(f"model input must be B×3×H×W, got shape {tuple(image.shape)}")
         height, width = image.shape[-2:]

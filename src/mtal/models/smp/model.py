@@ -118,16 +118,7 @@ class SMPNet(MultiTaskNet):
     ) -> MultiTaskOutput:
         """Predict every task (see :class:`mtal.types.MultiTaskOutput`)."""
         self._check_image(image)
-        if committee:
-            raise ValueError(
-                f"model 'smp' has no cross-task committee (asked committee={committee}); "
-                "use model 'padnet' for committee-based strategies"
-            )
-        if gt is not None or gt_mask is not None:
-            raise ValueError(
-                "model 'smp' cannot substitute ground truth (gt/gt_mask given); "
-                "use model 'padnet' with gt_substitution=true"
-            )
+        self._refuse_cross_task("smp", committee, gt, gt_mask)
         height, width = image.shape[-2:]
         stride = int(self.encoder.output_stride)
         pad_h, pad_w = -height % stride, -width % stride
