@@ -106,16 +106,7 @@ class RankBased(Strategy):
         check_flip_tasks(ctx, names, self.name)
         unl = np.asarray(ctx.pool.unlabelled_images(), dtype=np.int64)
         u = flip_scores(ctx, unl, names)
-        ranks = average_ranks(u)
-        return self.image_selection(
-            ctx,
-            unl,
-            ranks.sum(axis=1),
-            count,
-            rng,
-            task_scores=u,
-            diagnostics={"uncertainty": "equal"},
-        )
+        return self._rank_sum(ctx, unl, u, count, rng, {"uncertainty": "equal"})
 
     def _acquire_mc(
         self, ctx: AcquisitionContext, count: int, rng: np.random.Generator
@@ -152,13 +143,19 @@ class RankBased(Strategy):
             .numpy()
             .astype(np.float64)
         )
+        return self._rank_sum(ctx, unl, u, count, rng, {"uncertainty": "mc", "mc_samples": s})
+
+    def _rank_sum(
+        self,
+        ctx: AcquisitionContext,
+        unl: np.ndarray,
+        u: np.ndarray,
+        count: int,
+        rng: np.random.Generator,
+        diagnostics: dict[str, Any],
+    ) -> Selection:
+        """Buy the ``count`` images with the highest ``Σ_k rank_k(u_k)``."""
         ranks = average_ranks(u)
         return self.image_selection(
-            ctx,
-            unl,
-            ranks.sum(axis=1),
-            count,
-            rng,
-            task_scores=u,
-            diagnostics={"uncertainty": "mc", "mc_samples": s},
+            ctx, unl, ranks.sum(axis=1), count, rng, task_scores=u, diagnostics=diagnostics
         )
