@@ -59,7 +59,7 @@ bench-al: install
 # `make paper-<name>` runs one paper's grid (resumable); SMOKE=1 runs it on tiny
 # procedural fixtures in minutes.
 $(PAPER_TARGETS): paper-%: install
-	$(BIN)/mtal experiment experiments/$(subst -,_,$*).yaml $(SMOKE_FLAG) --runs-dir $(RUNS) --report
+	$(BIN)/mtal experiment experiments/$(subst -,_,$*).yaml $(SMOKE_FLAG) --runs-dir $(RUNS) --jobs $(JOBS) --report
 
 papers-smoke: install
 	$(MAKE) $(PAPER_TARGETS) SMOKE=1 RUNS=$(RUNS)/smoke

@@ -91,7 +91,8 @@ def test_grid_expands_to_valid_runs(
     assert (ROOT / grid.config).is_file()
     runs = expand(grid, runs_dir="/tmp/never-written")
     refs = 0 if grid.reference is None else len(grid.reference_seeds or grid.seeds)
-    assert len(runs) == max(len(grid.variants), 1) * len(grid.strategies) * len(grid.seeds) + refs
+    cells = max(len(grid.variants), 1) * len(grid.strategies) - len(grid.exclude)
+    assert len(runs) == cells * len(grid.seeds) + refs
     folders = set()
     for run in runs:
         cfg = parser.parse_args(run.args)
@@ -109,6 +110,69 @@ def test_grid_expands_to_valid_runs(
     # dry run: prints and returns every run without executing anything
     assert run_grid(grid, runs_dir="/tmp/never-written", dry_run=True) == runs
     assert not Path("/tmp/never-written").exists()
+
+
+def _write_grid(path: Path, **extra: Any) -> Path:
+    grid = {
+        "name": "g",
+        "config": "configs/synthetic/smoke.yaml",
+        "strategies": ["random", "mtal"],
+        "seeds": [0, 1],
+        "variants": {"sl": {}, "mtpsl": {"model.partial_supervision": "mtpsl"}},
+        **extra,
+    }
+    path.write_text(yaml.safe_dump(grid, sort_keys=False))
+    return path
+
+
+def test_exclude_leaves_out_named_cells(tmp_path: Path) -> None:
+    from mtal.experiment import expand, load_grid
+
+    grid = load_grid(_write_grid(tmp_path / "g.yaml", exclude=["mtal-mtpsl"]))
+    labels = [(r.strategy, r.seed) for r in expand(grid, runs_dir=str(tmp_path))]
+    assert labels == [
+        ("random-sl", 0),
+        ("random-sl", 1),
+        ("mtal-sl", 0),
+        ("mtal-sl", 1),
+        ("random-mtpsl", 0),
+        ("random-mtpsl", 1),
+    ]
+
+
+def test_exclude_of_an_unknown_cell_names_the_cells(tmp_path: Path) -> None:
+    from mtal.experiment import GridError, load_grid
+
+    with pytest.raises(GridError, match=r"exclude names cell\(s\) \['mtal-dwa'\].*mtal-mtpsl"):
+        load_grid(_write_grid(tmp_path / "g.yaml", exclude=["mtal-dwa"]))
+
+
+def test_jobs_runs_each_cell_once_as_a_logged_subprocess(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``mtal experiment --jobs 2`` starts one single-threaded ``mtal loop`` per unfinished
+    cell with its own log, and a failing cell fails the grid."""
+    import subprocess
+
+    from mtal import experiment
+
+    calls: list[tuple[list[str], str]] = []
+
+    def fake_run(cmd: list[str], env: dict[str, str], stdout: Any, stderr: Any) -> Any:
+        calls.append((cmd, env["OMP_NUM_THREADS"]))
+        stdout.write("log line\n")
+        code = 2 if "1" == cmd[cmd.index("--loop.seed") + 1] and "mtal" in cmd else 0
+        return subprocess.CompletedProcess(cmd, code)
+
+    monkeypatch.setattr(experiment.subprocess, "run", fake_run)
+    path = _write_grid(tmp_path / "g.yaml", exclude=["mtal-mtpsl", "mtal-sl"])
+    assert experiment.main([str(path), "--runs-dir", str(tmp_path), "--jobs", "2"]) == 0
+    assert len(calls) == 4 and {threads for _, threads in calls} == {"1"}
+    assert (tmp_path / "g" / "logs" / "random-sl-seed1.log").read_text() == "log line\n"
+    calls.clear()
+    failing = _write_grid(tmp_path / "f.yaml", exclude=["random-mtpsl", "random-sl"])
+    with pytest.raises(RuntimeError, match=r"mtal-sl seed1 failed \(exit 2\)"):
+        experiment.main([str(failing), "--runs-dir", str(tmp_path), "--jobs", "2"])
 
 
 def test_paper_grids(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,7 +5,6 @@ report's tables and curves into ``docs/bench_al/``. Rerunning resumes the grid."
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import resource
 import shlex
@@ -14,10 +13,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from mtal.experiment import Grid, Run, expand, load_grid, run_grid
+from mtal.experiment import load_grid, run_parallel
 from mtal.report import headline_metrics, metrics_of, read_runs, write_report
 
 GRID = Path("experiments/bench_al.yaml")
@@ -48,39 +46,6 @@ def _commit() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head + ("+dirty" if dirty else "")
-
-
-def run_parallel(grid: Grid, runs_dir: str, jobs: int) -> list[Run]:
-    """Run the unfinished cells of ``grid`` in ``jobs`` single-threaded ``mtal loop``
-    processes at once (one core each); each run's output goes to
-    ``<runs_dir>/<experiment>/logs/<strategy>-seed<k>.log``. ``jobs=1`` runs in-process."""
-    if jobs <= 1:
-        return run_grid(grid, runs_dir=runs_dir)
-    todo = [r for r in expand(grid, runs_dir=runs_dir) if not r.finished()]
-    logs = Path(runs_dir) / grid.name / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-    def one(run: Run) -> Run:
-        log = logs / f"{run.strategy}-seed{run.seed}.log"
-        print(f"[mtal] start {run.strategy} seed{run.seed} (log: {log})", flush=True)
-        with log.open("w") as handle:
-            done = subprocess.run(
-                [sys.executable, "-m", "mtal.cli", *run.args],
-                env=env,
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-            )
-        if done.returncode != 0:
-            raise RuntimeError(
-                f"{run.strategy} seed{run.seed} failed (exit {done.returncode}); see {log}; "
-                "rerun the same command to resume"
-            )
-        print(f"[mtal] done  {run.strategy} seed{run.seed}", flush=True)
-        return run
-
-    with ThreadPoolExecutor(max_workers=jobs) as workers:
-        return list(workers.map(one, todo))
 
 
 def run_and_report(

@@ -14,6 +14,7 @@ A grid file names a base config and the axes to sweep::
     overrides: {trainer.max_epochs: 20}
     reference: {data.initial: 1.0} # optional fully-trained reference run ("full")
     reference_seeds: [0]           # optional: the seeds of the reference (default: seeds)
+    exclude: [mtal-dwa]            # optional: cells (<strategy>-<variant>) not to run
     smoke:                         # applied on top with --smoke / SMOKE=1
       config: configs/synthetic/smoke.yaml
       seeds: [0]
@@ -50,6 +51,7 @@ GRID_KEYS = {
     "description",
     "reference",
     "reference_seeds",
+    "exclude",
 }
 SMOKE_KEYS = {
     "config",
@@ -59,6 +61,7 @@ SMOKE_KEYS = {
     "overrides",
     "reference",
     "reference_seeds",
+    "exclude",
 }
 
 
@@ -108,6 +111,13 @@ class Grid:
     reference: dict[str, Any] | None = None
     #: seeds of the reference run (None: the grid's seeds)
     reference_seeds: list[int] | None = None
+    #: cell labels (``<strategy>-<variant>``) left out of the grid
+    exclude: list[str] = field(default_factory=list)
+
+    def labels(self) -> list[str]:
+        """Every cell label the strategies × variants would produce (before ``exclude``)."""
+        variants = list(self.variants) or [""]
+        return [f"{s}-{v}" if v else s for v in variants for s in self.strategies]
 
 
 def load_grid(path: str | Path, *, smoke: bool = False) -> Grid:
@@ -134,7 +144,15 @@ def load_grid(path: str | Path, *, smoke: bool = False) -> Grid:
         )
     data = dict(raw)
     if smoke:
-        for key in ("config", "strategies", "seeds", "variants", "reference", "reference_seeds"):
+        for key in (
+            "config",
+            "strategies",
+            "seeds",
+            "variants",
+            "reference",
+            "reference_seeds",
+            "exclude",
+        ):
             if key in smoke_section:
                 data[key] = smoke_section[key]
         data["overrides"] = {
@@ -157,9 +175,16 @@ def load_grid(path: str | Path, *, smoke: bool = False) -> Grid:
             if data.get("reference_seeds") is None
             else [int(x) for x in data["reference_seeds"]]
         ),
+        exclude=[str(x) for x in (data.get("exclude") or [])],
     )
     if not grid.strategies or not grid.seeds:
         raise GridError(f"{path}: strategies and seeds must be non-empty lists")
+    unknown_cells = sorted(set(grid.exclude) - set(grid.labels()))
+    if unknown_cells:
+        raise GridError(
+            f"{path}: exclude names cell(s) {unknown_cells} that the grid does not have; "
+            f"its cells are {grid.labels()}"
+        )
     return grid
 
 
@@ -208,6 +233,8 @@ def expand(grid: Grid, *, runs_dir: str = "runs") -> list[Run]:
             cells.append(("full", "random", full, grid.reference_seeds or grid.seeds))
         for strategy in grid.strategies:
             label = f"{strategy}-{variant}" if variant else strategy
+            if label in grid.exclude:
+                continue
             cell = {**overrides, **grid.strategy_overrides.get(strategy, {})}
             cells.append((label, strategy, cell, grid.seeds))
         for label, strategy, cell, seeds in cells:
@@ -270,8 +297,44 @@ def run_grid(
     return executed
 
 
+def run_parallel(grid: Grid, runs_dir: str, jobs: int) -> list[Run]:
+    """Run the unfinished cells of ``grid`` in ``jobs`` single-threaded ``mtal loop``
+    processes at once (one core each); each run's output goes to
+    ``<runs_dir>/<experiment>/logs/<strategy>-seed<k>.log``. ``jobs=1`` runs in-process."""
+    if jobs <= 1:
+        return run_grid(grid, runs_dir=runs_dir)
+    from concurrent.futures import ThreadPoolExecutor
+
+    todo = [r for r in expand(grid, runs_dir=runs_dir) if not r.finished()]
+    logs = Path(runs_dir) / grid.name / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+    def one(run: Run) -> Run:
+        log = logs / f"{run.strategy}-seed{run.seed}.log"
+        print(f"[mtal] start {run.strategy} seed{run.seed} (log: {log})", flush=True)
+        with log.open("w") as handle:
+            done = subprocess.run(
+                [sys.executable, "-m", "mtal.cli", *run.args],
+                env=env,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+            )
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"{run.strategy} seed{run.seed} failed (exit {done.returncode}); see {log}; "
+                "rerun the same command to resume"
+            )
+        print(f"[mtal] done  {run.strategy} seed{run.seed}", flush=True)
+        return run
+
+    with ThreadPoolExecutor(max_workers=jobs) as workers:
+        return list(workers.map(one, todo))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``mtal experiment GRID.yaml [--smoke] [--runs-dir runs] [--subprocess] [--dry-run]``."""
+    """``mtal experiment GRID.yaml [--smoke] [--runs-dir runs] [--subprocess] [--dry-run]
+    [--jobs N]``."""
     parser = argparse.ArgumentParser(prog="mtal experiment", description=__doc__.splitlines()[0])
     parser.add_argument("grid", help="experiments/<name>.yaml")
     parser.add_argument(
@@ -284,9 +347,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--subprocess", action="store_true", help="one process per run")
     parser.add_argument("--dry-run", action="store_true", help="print the runs only")
     parser.add_argument("--report", action="store_true", help="write the report afterwards")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at once, each a single-threaded subprocess with its own log (default 1)",
+    )
     args = parser.parse_args(list(argv) if argv is not None else None)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
     grid = load_grid(args.grid, smoke=args.smoke)
-    run_grid(grid, runs_dir=args.runs_dir, subprocesses=args.subprocess, dry_run=args.dry_run)
+    if args.jobs > 1 and not args.dry_run:
+        run_parallel(grid, args.runs_dir, args.jobs)
+    else:
+        run_grid(grid, runs_dir=args.runs_dir, subprocesses=args.subprocess, dry_run=args.dry_run)
     if args.report and not args.dry_run:
         from mtal.report import main as report_main
 
