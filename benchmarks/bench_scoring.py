@@ -452,12 +452,24 @@ def mtal_breakdown(setting: Setting) -> tuple[str, float]:
 
 
 # -- MC-dropout breakdown (partal / rbal) ---------------------------------------------
-#: MC strategies of the breakdown: label → (model variant, use ground-truth substitution)
-MC_CASES = {"rbal": ("padnet", False), "partal": ("padnet+gt_substitution", True)}
+#: MC strategies of the breakdown: label → (model variant, ground-truth substitution,
+#: extra forward kwargs); "partal, mc_scope final" is the last-layer option (issue 16.1)
+MC_CASES: dict[str, tuple[str, bool, dict[str, Any]]] = {
+    "rbal": ("padnet", False, {}),
+    "partal": ("padnet+gt_substitution", True, {}),
+    "partal, mc_scope final": ("padnet+gt_substitution", True, {"mc_scope": "final"}),
+}
 MC_TARGET = 2.0  # MC scoring at S=8 must cost <= 2 plain inference passes
 
 
-def _mc_summary(ctx: AcquisitionContext, batch: dict[str, Any], s: int, gt: bool, old: bool):
+def _mc_summary(
+    ctx: AcquisitionContext,
+    batch: dict[str, Any],
+    s: int,
+    gt: bool,
+    old: bool,
+    kwargs: dict[str, Any] | None = None,
+):
     """One batch's MC uncertainty summary: the ``mc_samples`` path (``old=False``) or the
     previous path, the whole batch replicated S times through the network (``old=True``)."""
     extra: dict[str, Any] = {}
@@ -465,9 +477,9 @@ def _mc_summary(ctx: AcquisitionContext, batch: dict[str, Any], s: int, gt: bool
         extra = {"gt": dict(batch["targets"]), "gt_mask": batch["labelled"]}
     if old:
         out = scoring._replicate({"image": batch["image"], **extra}, s)
-        out = ctx.model(out.pop("image"), mc_dropout=True, **out)
+        out = ctx.model(out.pop("image"), mc_dropout=True, **out, **(kwargs or {}))
     else:
-        out = scoring.mc_forward(ctx, batch, s, **extra)
+        out = scoring.mc_forward(ctx, batch, s, **extra, **(kwargs or {}))
     b = batch["image"].shape[0]
     cols = [
         ctx.tasks[n].mc_uncertainty(out.final[n].reshape(s, b, *out.final[n].shape[1:]))
@@ -493,7 +505,7 @@ def mc_breakdown(setting: Setting, rounds: int = 3) -> tuple[str, dict[str, floa
         "|---|---|---|---|---|---|",
     ]
     best: dict[str, float] = {}
-    for label, (variant, gt) in MC_CASES.items():
+    for label, (variant, gt, kwargs) in MC_CASES.items():
         ctx = build(setting, setting.breakdown_images, MODELS[variant], cache=True)
         unl = np.asarray(ctx.pool.unlabelled_images())
         plain_pass(ctx, np.arange(ctx.num_images))  # render + warm up
@@ -508,9 +520,9 @@ def mc_breakdown(setting: Setting, rounds: int = 3) -> tuple[str, dict[str, floa
                     with clocks["plain"].measure():
                         ctx.model(batch["image"])
                     with clocks["new"].measure(), scoring.seeded_torch(r * 1000 + i):
-                        u_new = _mc_summary(ctx, batch, s, gt, old=False)
+                        u_new = _mc_summary(ctx, batch, s, gt, old=False, kwargs=kwargs)
                     with clocks["old"].measure(), scoring.seeded_torch(r * 1000 + i):
-                        u_old = _mc_summary(ctx, batch, s, gt, old=True)
+                        u_old = _mc_summary(ctx, batch, s, gt, old=True, kwargs=kwargs)
                     diff = max(diff, float((u_new - u_old).abs().max()))
                 plains.append(clocks["plain"].cpu)
                 for k in ratios:

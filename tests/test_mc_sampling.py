@@ -188,3 +188,67 @@ def test_mc_forward_replicates_gt_for_models_without_the_parameter() -> None:
     with torch.no_grad(), seeded_torch(1):
         out = mc_forward(ctx, {"image": image()}, S, gt=gt, gt_mask=mask)
     assert wrapped.rows == [3 * S] and out.final["depth"].shape[0] == 3 * S
+
+
+def _final_dropout_off(model: torch.nn.Module) -> None:
+    for head in model.final_heads.values():
+        head.dropout.p = 0.0
+
+
+@pytest.mark.parametrize(("scope", "final_varies"), [("all", True), ("final", False)])
+def test_mc_scope_final_samples_only_the_final_heads(scope: str, final_varies: bool) -> None:
+    """With the final heads' dropout at p=0, ``mc_scope="final"`` leaves nothing random:
+    every sample equals the eval-mode forward. ``"all"`` still varies, because the
+    sampled initial predictions feed the distillation (ground-truth substitution)."""
+    model = build("padnet", gt_substitution=True)
+    _final_dropout_off(model)
+    x = image()
+    b = x.shape[0]
+    gt, mask = gt_inputs(b)
+    mask[0] = False  # image 0 carries no label: its distillation reads its own p_t
+    with torch.no_grad():
+        plain = model(x, gt=gt, gt_mask=mask)
+        with seeded_torch(7):
+            out = model(x, mc_dropout=True, mc_samples=S, mc_scope=scope, gt=gt, gt_mask=mask)
+    for t in NAMES:
+        samples = out.final[t].reshape(S, b, *out.final[t].shape[1:])
+        varies = not torch.allclose(samples[0, 0], samples[1, 0])
+        assert varies is final_varies
+        if scope == "final":
+            assert out.initial[t].shape[0] == b  # deterministic: one row per image
+            torch.testing.assert_close(out.initial[t], plain.initial[t])
+            for k in range(S):
+                torch.testing.assert_close(samples[k], plain.final[t])
+
+
+def test_mc_scope_final_runs_the_distillation_once() -> None:
+    model = build("padnet", gt_substitution=True)
+    sa_rows, h1 = _batch_sizes(model.distillation.attention["depth"]["semseg"])
+    cls_rows, h2 = _batch_sizes(model.final_heads["depth"].classifier)
+    gt, mask = gt_inputs(3)
+    with torch.no_grad():
+        model(image(), mc_dropout=True, mc_samples=S, mc_scope="final", gt=gt, gt_mask=mask)
+    h1.remove()
+    h2.remove()
+    assert sa_rows == [3] and cls_rows == [3 * S]
+    with pytest.raises(ValueError, match=r"mc_scope must be one of \('all', 'final'\)"):
+        model(image(), mc_dropout=True, mc_samples=S, mc_scope="heads")
+
+
+def test_partal_mc_scope_option(dm: ActiveDataModule) -> None:
+    """PartAL with ``mc_scope="final"`` selects pairs on PAD-Net and refuses a model
+    without separate initial/final heads, naming the fix."""
+    model = create_model(
+        "padnet", dm.task_objects, backbone="tiny_cnn", head_channels=16, gt_substitution=True
+    )
+    ctx = AcquisitionContext(
+        model=model, tasks=dm.task_objects, pool=dm.pool, datamodule=dm, device="cpu", seed=3
+    )
+    sel = create_strategy("partal", mc_samples=3, mc_scope="final").select(ctx, 6)
+    assert len(sel.pairs) == 6
+    hps = create_model("hps", dm.task_objects, backbone="tiny_cnn", head_channels=16)
+    chooser = create_strategy("partal", mc_samples=3, mc_scope="final", gt_substitution=False)
+    with pytest.raises(ValueError, match="loop.strategy_kwargs.mc_scope: all"):
+        chooser.check_model(hps)
+    with pytest.raises(ValueError, match="mc_scope must be one of"):
+        create_strategy("partal", mc_scope="initial")

@@ -377,3 +377,24 @@ def test_discrepancy_of_a_confident_prediction_with_itself_is_small(name):
     raw = 30 * task.encode_target(random_target(task, 2, 4, 4, gen)) - 15  # logits ±15
     assert task.discrepancy(raw, raw).max().item() < 1e-3
     assert task.discrepancy(raw, -raw).min().item() > 1.0
+
+
+@pytest.mark.parametrize("target", ["soft", "hard", "kl"])
+@pytest.mark.parametrize("name", ["semseg", "parts", "edge", "saliency", "normals", "depth"])
+def test_discrepancies_equal_one_discrepancy_per_member(name: str, target: str) -> None:
+    """The committee path (``discrepancies``: the anchor's side computed once) gives
+    exactly what calling ``discrepancy`` once per member gives."""
+    kwargs: dict = {"num_classes": 4} if name in ("semseg", "parts") else {}
+    if name not in ("normals", "depth"):
+        kwargs["discrepancy_target"] = target
+    elif target != "soft":
+        pytest.skip("regression tasks have no discrepancy_target")
+    task = create_task(name, **kwargs)
+    g = torch.Generator().manual_seed(3)
+    c = task.out_channels
+    raw = torch.randn(2, c, 6, 7, generator=g)
+    members = [torch.randn(2, c, 6, 7, generator=g) for _ in range(3)]
+    got = task.discrepancies(raw, members)
+    assert got.shape == (3, 2)
+    want = torch.stack([task.discrepancy(raw, m) for m in members])
+    torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -144,6 +144,7 @@ def check_outputs(pool: Path, out: Path, pool_out: Path | None) -> None:
     if pool_out is not None and out.resolve() == pool_out.resolve():
         raise ValueError(f"acquire: --out and --pool_out are the same file {out}")
 
+
 def write_acquire_request(
     out: Path,
     pool_file: Path,

@@ -171,6 +171,7 @@ DIAGNOSE_METHODS: dict[str, dict[str, Any]] = {
     "mtal[final,learnable]": {"strategy": "mtal", "anchor": "final", "committee_mode": "learnable"},
     "mtal[final,shared]": {"strategy": "mtal", "anchor": "final", "committee_mode": "shared"},
     "partal": {"strategy": "partal"},
+    "partal[mc_scope=final]": {"strategy": "partal", "mc_scope": "final"},
     "equal": {"strategy": "equal"},
     "rbal": {"strategy": "rbal"},
     "ll4al": {"strategy": "ll4al"},

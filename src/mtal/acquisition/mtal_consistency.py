@@ -233,6 +233,17 @@ def loss_weights(
     return minmax_weights(raw)
 
 
+def member_discrepancies(
+    task: Any, anchor: torch.Tensor, members: list[torch.Tensor]
+) -> torch.Tensor:
+    """``[M, B]`` discrepancies of the anchor against each member: ``Task.discrepancies``
+    (anchor side computed once) or, for a duck-typed task without it, one call each."""
+    many = getattr(task, "discrepancies", None)
+    if many is not None:
+        return many(anchor, members)
+    return torch.stack([task.discrepancy(anchor, raw) for raw in members], dim=0)
+
+
 #: ``sample_weights`` option -> weighting function (WACV24 Tab. 1 rows)
 SAMPLE_WEIGHTS: dict[str, SampleWeightFn] = {
     "inconsistency": inconsistency_weights,
@@ -418,7 +429,7 @@ class MTALStrategy(Strategy):
             if not members:
                 raise ValueError(f"mtal: the committee of task {name!r} has no members")
             ref = out.initial[name] if self.anchor == "initial" else out.final[name]
-            d = torch.stack([task.discrepancy(ref, raw) for raw in members.values()], dim=0)
+            d = member_discrepancies(task, ref, list(members.values()))
             cols.append(d.max(dim=0).values)
         return torch.stack(cols, dim=1)
 

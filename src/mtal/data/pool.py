@@ -45,6 +45,7 @@ def random_labels(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
         mask[i, rng.choice(k, size=int(c), replace=False)] = True
     return mask
 
+
 POOL_SCHEMA = "mtal.labelpool"
 POOL_VERSION = 1
 

@@ -4,6 +4,7 @@ categorical / binary task families (semseg + parts, edge + saliency share their 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -200,6 +201,26 @@ class CategoricalTask(OptionsTask):
             per_pixel = per_pixel - torch.special.entr(soft).sum(1)  # minus H(q)
         return per_pixel.flatten(1).mean(1)
 
+    def discrepancies(self, raw: torch.Tensor, others: Sequence[torch.Tensor]) -> torch.Tensor:
+        """:meth:`discrepancy` against every member with ``raw``'s log-softmax computed
+        once (the same numbers; cross-entropy is NLL of the log-softmax)."""
+        check_raw(self, raw)
+        log_p = raw.log_softmax(1)
+        rows = []
+        for other_raw in others:
+            check_raw(self, other_raw, "other_raw")
+            other = other_raw.detach()
+            if self.options["discrepancy_target"] == "hard":
+                per_pixel = F.nll_loss(log_p, other.argmax(1), reduction="none")
+                rows.append(per_pixel.flatten(1).mean(1))
+                continue
+            soft = other.softmax(1)
+            per_pixel = -(soft * log_p).sum(1)
+            if self.options["discrepancy_target"] == "kl":
+                per_pixel = per_pixel - torch.special.entr(soft).sum(1)
+            rows.append(per_pixel.flatten(1).mean(1))
+        return torch.stack(rows, dim=0)
+
     def mc_uncertainty(self, raw_samples: torch.Tensor) -> torch.Tensor:
         """Mean over pixels of the Shannon entropy (nats) of the MC-mean softmax."""
         check_samples(self, raw_samples)
@@ -289,11 +310,17 @@ class BinaryTask(OptionsTask):
         """Per-sample balanced BCE ``[B]`` of logits ``raw`` (B×1×H×W) against ``target``
         (B×1×H×W, values in [0, 1] or 255 = ignore)."""
         check_raw(self, raw)
-        valid = self.valid_mask(target)
-        y = torch.where(valid, target.squeeze(-3), target.new_zeros(())).to(raw.dtype)
         x = raw.squeeze(-3)
+        return self._balanced_bce_logs(F.logsigmoid(x), F.logsigmoid(-x), target)
+
+    def _balanced_bce_logs(
+        self, log_pos: torch.Tensor, log_neg: torch.Tensor, target: torch.Tensor
+    ) -> torch.Tensor:
+        """:meth:`balanced_bce` from ``log σ(x)`` and ``log σ(−x)`` (B×H×W)."""
+        valid = self.valid_mask(target)
+        y = torch.where(valid, target.squeeze(-3), target.new_zeros(())).to(log_pos.dtype)
         w = self.positive_weight(y, valid)
-        per_pixel = -(w * y * F.logsigmoid(x) + (1.0 - w) * (1.0 - y) * F.logsigmoid(-x))
+        per_pixel = -(w * y * log_pos + (1.0 - w) * (1.0 - y) * log_neg)
         return masked_mean(per_pixel, valid)
 
     def loss(self, raw: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -313,6 +340,25 @@ class BinaryTask(OptionsTask):
         if self.options["discrepancy_target"] == "kl":
             out = out - self.balanced_bce(other, prob)
         return out
+
+    def discrepancies(self, raw: torch.Tensor, others: Sequence[torch.Tensor]) -> torch.Tensor:
+        """:meth:`discrepancy` against every member with ``raw``'s ``log σ(±x)`` computed
+        once (the same numbers)."""
+        check_raw(self, raw)
+        x = raw.squeeze(-3)
+        log_pos, log_neg = F.logsigmoid(x), F.logsigmoid(-x)
+        rows = []
+        for other_raw in others:
+            check_raw(self, other_raw, "other_raw")
+            other = other_raw.detach()
+            prob = other.sigmoid()
+            if self.options["discrepancy_target"] == "hard":
+                prob = (prob >= 0.5).to(prob.dtype)
+            out = self._balanced_bce_logs(log_pos, log_neg, prob)
+            if self.options["discrepancy_target"] == "kl":
+                out = out - self.balanced_bce(other, prob)
+            rows.append(out)
+        return torch.stack(rows, dim=0)
 
     def mc_uncertainty(self, raw_samples: torch.Tensor) -> torch.Tensor:
         """Mean over pixels of the binary entropy (nats) of the MC-mean sigmoid."""

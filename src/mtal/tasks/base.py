@@ -30,6 +30,8 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:  # keep `import mtal.tasks` light
+    from collections.abc import Sequence
+
     import numpy as np
     import torch
     from torchmetrics import Metric
@@ -92,6 +94,13 @@ class Task(ABC):
     def discrepancy(self, raw: torch.Tensor, other_raw: torch.Tensor) -> torch.Tensor:
         """Per-sample task loss ``[B]`` of ``raw`` against ``other_raw`` turned into a
         target (committee inconsistency); the conversion is an option of the task."""
+
+    def discrepancies(self, raw: torch.Tensor, others: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``[M, B]``: :meth:`discrepancy` of one ``raw`` against each of M others (the
+        committee members); tasks override it to compute ``raw``'s side once."""
+        import torch
+
+        return torch.stack([self.discrepancy(raw, other) for other in others], dim=0)
 
     @abstractmethod
     def mc_uncertainty(self, raw_samples: torch.Tensor) -> torch.Tensor:

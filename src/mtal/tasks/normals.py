@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -100,6 +101,17 @@ class NormalsTask(OptionsTask):
         check_raw(self, other_raw, "other_raw")
         per_pixel = self.pixel_loss(self.activate(raw), self.activate(other_raw.detach()))
         return per_pixel.flatten(1).mean(1)
+
+    def discrepancies(self, raw: torch.Tensor, others: Sequence[torch.Tensor]) -> torch.Tensor:
+        """:meth:`discrepancy` against every member with ``raw`` normalised once."""
+        check_raw(self, raw)
+        unit = self.activate(raw)
+        rows = []
+        for other_raw in others:
+            check_raw(self, other_raw, "other_raw")
+            per_pixel = self.pixel_loss(unit, self.activate(other_raw.detach()))
+            rows.append(per_pixel.flatten(1).mean(1))
+        return torch.stack(rows, dim=0)
 
     def mc_uncertainty(self, raw_samples: torch.Tensor) -> torch.Tensor:
         check_samples(self, raw_samples)

@@ -364,7 +364,11 @@ class MultiTaskModule(L.LightningModule):
                 f"step {self.global_step}; batch sample ids {ids}; per-task losses "
                 f"{_fmt_losses(self.task_names, task_vec)}"
                 + (f"; ll4al {float(ll4al):.6g}" if ll4al is not None else "")
-                + (f"; {hp.partial_supervision} {float(partial):.6g}" if partial is not None else "")
+                + (
+                    f"; {hp.partial_supervision} {float(partial):.6g}"
+                    if partial is not None
+                    else ""
+                )
             )
         return {
             "total": total,

@@ -29,6 +29,10 @@ if TYPE_CHECKING:
 GT_EMBED_MODES = ("add", "replace")
 
 
+#: which heads' dropout an MC-dropout forward samples (``forward(mc_scope=...)``)
+MC_SCOPES = ("all", "final")
+
+
 def _repeat(x: Tensor, reps: int) -> Tensor:
     """``x`` stacked ``reps`` times on the batch axis (sample-major), or ``x`` itself."""
     return x if reps == 1 else x.repeat(reps, *([1] * (x.dim() - 1)))
@@ -147,6 +151,7 @@ class PADNet(MultiTaskNet):
         gt_mask: Tensor | None = None,
         mc_dropout: bool = False,
         mc_samples: int = 1,
+        mc_scope: str = "all",
         committee_mode: str | None = None,
         refine: bool = True,
     ) -> MultiTaskOutput:
@@ -159,11 +164,18 @@ class PADNet(MultiTaskNet):
         the built mode for this call ("shared" always works, "learnable" needs the learnable
         blocks). ``refine=False`` skips the distillation and final heads (``final`` is then
         empty), for callers that read only ``initial``/``task_features``/``committee`` (MTAL
-        scoring with WACV24's initial anchor); every other output is unchanged."""
+        scoring with WACV24's initial anchor); every other output is unchanged.
+        ``mc_scope`` (with ``mc_dropout``): ``"all"`` samples every head's dropout;
+        ``"final"`` keeps the initial heads deterministic (``initial`` then has B rows), so
+        with ground-truth substitution the distillation runs once and only the final heads'
+        dropout tails are sampled (last-layer MC dropout, a different estimator)."""
         self._check_image(image)
         learnable = self._use_learnable(committee_mode)
         self._check_committee(committee, learnable)
         samples = self._check_mc_samples(mc_samples, mc_dropout, committee)
+        if mc_scope not in MC_SCOPES:
+            raise ValueError(f"padnet mc_scope must be one of {MC_SCOPES}, got {mc_scope!r}")
+        initial_mc = mc_dropout and mc_scope == "all"
         size = image.shape[-2:]
         batch = image.shape[0]
         enc = self.encoder(image)
@@ -171,7 +183,7 @@ class PADNet(MultiTaskNet):
         initial_low: dict[str, Tensor] = {}
         for name in self.task_names:
             feats[name], initial_low[name] = self.run_head(
-                self.initial_heads[name], enc.fused, mc_dropout, samples
+                self.initial_heads[name], enc.fused, initial_mc, samples if initial_mc else 1
             )
         inputs = self._distillation_inputs(feats, initial_low, gt, gt_mask, size)
         shared = bool(committee) and not learnable
