@@ -33,7 +33,7 @@ from mtal.training.partial import cosine_distance
 
 #: ``partial_kwargs.consistency`` → L_ct module (built with ``feature_channels``,
 #: ``num_tasks`` and ``partial_kwargs.consistency_kwargs``)
-CONSISTENCY_LOSSES: Registry[nn.Module] = Registry("cross-task consistency loss")
+CONSISTENCY_LOSSES: Registry[nn.Module] = Registry("cross-task consistency measure")
 
 
 def create_consistency(name: str, /, **kwargs: Any) -> nn.Module:

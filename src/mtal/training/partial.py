@@ -468,10 +468,7 @@ class CrossTaskConsistency(PartialSupervision):
         own = self.consistency.param_groups(lr)
         taken = {id(p) for g in own for p in g["params"]}
         film = {
-            id(p)
-            for m in self.mapping.modules()
-            if isinstance(m, FiLM)
-            for p in m.parameters()
+            id(p) for m in self.mapping.modules() if isinstance(m, FiLM) for p in m.parameters()
         }
         params = [p for p in self.parameters() if id(p) not in taken]
         rest = [p for p in params if id(p) not in film]
