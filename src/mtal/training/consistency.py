@@ -12,9 +12,11 @@ with the mapped labels ``m_t = m^{t→st}(y^t)`` of the n images selected for th
   learns to tell mapped labels (real) from mapped predictions (fake); the network and the
   mapping are trained adversarially so that mapped predictions look like mapped labels.
 
-The paper names the two baselines and describes them in a sentence each; the official
-code (VICO-UoE/MTPSL) does not include them. What is fixed here is this suite's reading,
-each vague point an option (see README "MTPSL"). Every entry returns ``(l_ct, side)``:
+The official code (VICO-UoE/MTPSL) includes neither baseline, and the paper's passage
+that defines them could not be consulted when this was built (only its abstract, method
+overview and project page), so what is fixed here is this suite's reading of the two
+names within the paper's joint-space framework, each open point an option with the
+choice stated (see README "MTPSL"). Every entry returns ``(l_ct, side)``:
 per-sample losses ``[n]`` that join the consistency term, and per-sample losses of the
 entry's own parameters (the discriminator's) or None.
 """
@@ -83,7 +85,7 @@ class ContrastiveConsistency(ConsistencyLoss):
     ``m_t[j]``, j ≠ i, the other images of the batch selected for the same pair:
     ``l_i = −log(exp(S_ii/τ) / Σ_j exp(S_ij/τ))`` with S of :func:`similarity_matrix`.
 
-    ``temperature`` τ (ours: 0.1, SimCLR's ImageNet value; the paper gives none);
+    ``temperature`` τ (ours: 0.1, SimCLR's ImageNet value; none was at hand);
     ``symmetric`` also averages in the label→prediction direction (CLIP-style; default
     off). A pair with one selected image has no negative and costs 0 (log 1)."""
 
@@ -132,7 +134,7 @@ class DiscriminatorConsistency(ConsistencyLoss):
     through D with *detached* parameters: its gradient reaches the network and the mapping
     only. Both are minimised in the same optimiser step (simultaneous GAN updates, D in
     its own parameter group at ``lr``, default the model's), so the Lightning module keeps
-    automatic optimisation. Our choices, the paper giving none: non-saturating loss, only
+    automatic optimisation. Our choices (none was at hand): non-saturating loss, only
     the prediction side is pushed (the mapped label is D's "real"), PatchGAN-style
     per-pixel logits."""
 

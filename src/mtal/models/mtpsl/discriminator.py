@@ -3,7 +3,8 @@
 A small conv net that scores an embedding of the joint pairwise space of (s, t) as
 "mapped ground truth" (real) or "mapped prediction" (fake). It is conditioned on the task
 pair by concatenating the K×K one-hot code A, broadcast over the map, to its input
-(cGAN-style concatenation; the paper does not describe its discriminator). No
+(cGAN-style concatenation; our choice: no architecture for it was at hand, and the
+official code has none). No
 normalisation layers, so the generator side can call it with detached parameters
 (:func:`torch.func.functional_call`) without touching running statistics.
 """
