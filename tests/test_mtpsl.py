@@ -257,6 +257,18 @@ PARTIAL_CASES = {
         "mtpsl",
         {"mapping": "perceptual", "mapping_kwargs": {"channels": [4], "perceptual_channels": [4]}},
     ),
+    "contrastive": (
+        "mtpsl",
+        {"consistency": "contrastive", "mapping_kwargs": {"channels": [4, 8]}},
+    ),
+    "discriminator": (
+        "mtpsl",
+        {
+            "consistency": "discriminator",
+            "consistency_kwargs": {"channels": [4]},
+            "mapping_kwargs": {"channels": [4, 8]},
+        },
+    ),
 }
 
 
@@ -391,7 +403,9 @@ def test_unknown_partial_supervision_lists_the_known_ones() -> None:
         )
 
 
-def _fit_partial(poisoned_data: bool, monkeypatch: pytest.MonkeyPatch) -> dict:
+def _fit_partial(
+    poisoned_data: bool, monkeypatch: pytest.MonkeyPatch, consistency: str = "cosine"
+) -> dict:
     """One epoch of SegNet + MTPSL (and SSL's crops) on one-label images; with
     ``poisoned_data`` every stored target of a pair the pool has not bought is poison."""
     import lightning as L
@@ -438,7 +452,7 @@ def _fit_partial(poisoned_data: bool, monkeypatch: pytest.MonkeyPatch) -> dict:
         backbone="segnet",
         model_kwargs={"filters": [4, 8]},
         partial_supervision="mtpsl",
-        partial_kwargs={"mapping_kwargs": {"channels": [4, 8]}},
+        partial_kwargs={"mapping_kwargs": {"channels": [4, 8]}, "consistency": consistency},
         sl_normalisation="per_image",
     )
     L.seed_everything(0, verbose=False)
@@ -455,10 +469,15 @@ def _fit_partial(poisoned_data: bool, monkeypatch: pytest.MonkeyPatch) -> dict:
     return {k: v.clone() for k, v in module.state_dict().items()}
 
 
-def test_fit_on_poisoned_dataset_equals_the_clean_fit(monkeypatch: pytest.MonkeyPatch) -> None:
-    clean = _fit_partial(False, monkeypatch)
-    dirty = _fit_partial(True, monkeypatch)
+@pytest.mark.parametrize("consistency", ["cosine", "contrastive", "discriminator"])
+def test_fit_on_poisoned_dataset_equals_the_clean_fit(
+    consistency: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clean = _fit_partial(False, monkeypatch, consistency)
+    dirty = _fit_partial(True, monkeypatch, consistency)
     assert any(k.startswith("partial.mapping") for k in dirty)  # the mapping trained too
+    if consistency == "discriminator":
+        assert any(k.startswith("partial.consistency.discriminator") for k in dirty)
     for key, value in dirty.items():
         assert torch.isfinite(value.float()).all(), key
         assert torch.equal(value, clean[key]), key

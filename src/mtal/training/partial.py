@@ -13,6 +13,8 @@ Training signals for images that carry only some task labels (``labelled`` B×K)
   d(m^{t→st}(y^t), f_φ(x))]`` with L_ct = d = cosine distance, the mapping from
   :mod:`mtal.models.mtpsl`, summed over the pairs of an image and averaged over the
   batch, times ``weight`` (the official code's ``con_weight`` 2.0, ``reg_weight`` 0.5).
+  ``consistency`` swaps L_ct for the paper's Contrastive-Loss / Discriminator-Loss
+  baselines (:mod:`mtal.training.consistency`).
 
 Only ground truth of labelled pairs is ever indexed: every loss gathers ``y^t`` through
 ``labelled[:, t]``. Every random choice (crop boxes, Gumbel noise) comes from a generator
@@ -94,15 +96,19 @@ def cosine_distance(a: Tensor, b: Tensor) -> Tensor:
     return 1.0 - F.cosine_similarity(a, b, dim=1, eps=1e-12).flatten(1).mean(1)
 
 
+def regulariser(mapped_source: Tensor, mapped_target: Tensor, features: Tensor) -> Tensor:
+    """Eq. 4's R per sample: ``d(m^{s→st}(ŷ^s), f) + d(m^{t→st}(y^t), f)``, d = cosine
+    distance, ``f`` resized to the mapped maps' spatial size."""
+    return cosine_distance(mapped_source, features) + cosine_distance(mapped_target, features)
+
+
 def consistency_terms(
     mapped_source: Tensor, mapped_target: Tensor, features: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """Eq. 3–4 per sample: ``L_ct = d(m^{s→st}(ŷ^s), m^{t→st}(y^t))`` and
-    ``R = d(m^{s→st}(ŷ^s), f) + d(m^{t→st}(y^t), f)``, d = cosine distance; ``f`` is
-    resized to the mapped maps' spatial size."""
+    """Eq. 3–4 per sample: ``L_ct = d(m^{s→st}(ŷ^s), m^{t→st}(y^t))`` and R
+    (:func:`regulariser`), d = cosine distance."""
     l_ct = cosine_distance(mapped_source, mapped_target)
-    reg = cosine_distance(mapped_source, features) + cosine_distance(mapped_target, features)
-    return l_ct, reg
+    return l_ct, regulariser(mapped_source, mapped_target, features)
 
 
 def gumbel_hard(raw: Tensor, generator: torch.Generator, tau: float = 1.0) -> Tensor:
@@ -292,44 +298,51 @@ class CropConsistency(PartialSupervision):
 
 
 # ------------------------------------------------------------------ Eq. 3-4 (MTPSL)
-PairLoss = Callable[["CrossTaskConsistency", Tensor, Tensor, int, int, Tensor], Tensor]
-#: mapping family → per-sample loss of one ordered pair (s, t) on the selected images
+PairLoss = Callable[
+    ["CrossTaskConsistency", Tensor, Tensor, int, int, Tensor], tuple[Tensor, Tensor | None]
+]
+#: mapping family → ``(loss, side)`` of one ordered pair (s, t) on the selected images:
+#: per-sample consistency losses and per-sample losses of the L_ct entry's own
+#: parameters (the Discriminator-Loss discriminator), or None
 PAIR_LOSSES: dict[str, PairLoss] = {}
 
 
 def _joint_pair_loss(
     self: CrossTaskConsistency, src: Tensor, tgt: Tensor, s: int, t: int, feat: Tensor
-) -> Tensor:
+) -> tuple[Tensor, Tensor | None]:
     from mtal.models.mtpsl import pair_matrix
 
     pair = pair_matrix(len(self.task_names), s, t, device=src.device)
     pair = pair.expand(src.shape[0], -1, -1)
     ms = self.mapping(src, self.task_names[s], pair)
     mt = self.mapping(tgt, self.task_names[t], pair)
-    f = feat.detach() if self.detach_features else feat
-    l_ct, reg = consistency_terms(ms, mt, f)
-    return l_ct + self.reg_weight * reg if self.reg_weight else l_ct
+    l_ct, side = self.consistency(ms, mt, pair)
+    if self.reg_weight:
+        f = feat.detach() if self.detach_features else feat
+        l_ct = l_ct + self.reg_weight * regulariser(ms, mt, f)
+    return l_ct, side
 
 
 def _direct_pair_loss(
     self: CrossTaskConsistency, src: Tensor, tgt_raw: Tensor, s: int, t: int, feat: Tensor
-) -> Tensor:
+) -> tuple[Tensor, None]:
     mapped = self.mapping(src, self.task_names[s], self.task_names[t])
-    return self.tasks[self.task_names[t]].loss(mapped, tgt_raw)
+    return self.tasks[self.task_names[t]].loss(mapped, tgt_raw), None
 
 
 def _perceptual_pair_loss(
     self: CrossTaskConsistency, src: Tensor, tgt_raw: Tensor, s: int, t: int, feat: Tensor
-) -> Tensor:
+) -> tuple[Tensor, None]:
     name_t = self.task_names[t]
     task_t = self.tasks[name_t]
     mapped = self.mapping(src, self.task_names[s], name_t)
     pred_in, gt_in = map_input(task_t)
     gen = self._generator
-    return cosine_distance(
+    loss = cosine_distance(
         self.mapping.encode(pred_in(task_t, mapped, gen), name_t),
         self.mapping.encode(gt_in(task_t, tgt_raw), name_t),
     )
+    return loss, None
 
 
 PAIR_LOSSES.update(
@@ -373,7 +386,14 @@ class CrossTaskConsistency(PartialSupervision):
     averaged over the batch and scaled by ``weight``. ``film_lr`` is the learning rate of
     the FiLM (a_θ) parameters (the official code: 1e-3; default: the model's lr);
     ``rampup`` scales ``weight`` over training (:data:`RAMPUPS`: ``fixed``, the paper's
-    and the code's default, or ``linear``, the code's ``--rampup up``)."""
+    and the code's default, or ``linear``, the code's ``--rampup up``).
+
+    ``consistency`` picks L_ct of the joint mappings
+    (:data:`mtal.training.consistency.CONSISTENCY_LOSSES`, built with
+    ``consistency_kwargs``): ``cosine`` (Eq. 3, the method), ``contrastive`` (the
+    Contrastive-Loss baseline) or ``discriminator`` (the Discriminator-Loss baseline);
+    R stays as set by ``reg_weight``. The discriminator's own loss is added unscaled by
+    ``weight`` and ramp (its gradient reaches the discriminator only)."""
 
     name = "mtpsl"
 
@@ -388,10 +408,13 @@ class CrossTaskConsistency(PartialSupervision):
         detach_features: bool = True,
         film_lr: float | None = None,
         rampup: str = "fixed",
+        consistency: str = "cosine",
+        consistency_kwargs: Mapping[str, Any] | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__(tasks, weight, seed)
         from mtal.models.mtpsl import create_mapping
+        from mtal.training.consistency import create_consistency
 
         if rampup not in RAMPUPS:
             raise ValueError(f"partial_kwargs.rampup={rampup!r}: choose one of {sorted(RAMPUPS)}")
@@ -406,6 +429,25 @@ class CrossTaskConsistency(PartialSupervision):
                 f"partial_kwargs.mapping={mapping!r}: choose one of {sorted(PAIR_LOSSES)}"
             )
         self.mapping_name = mapping
+        if consistency != "cosine" and PAIR_LOSSES[mapping] is not _joint_pair_loss:
+            joint = sorted(k for k, v in PAIR_LOSSES.items() if v is _joint_pair_loss)
+            raise ValueError(
+                f"partial_kwargs.consistency={consistency!r} compares embeddings of the "
+                f"joint space: use it with mapping one of {joint}, not mapping={mapping!r}"
+            )
+        self.consistency_name = consistency
+        try:
+            self.consistency = create_consistency(
+                consistency,
+                feature_channels=int(feature_channels),
+                num_tasks=len(self.task_names),
+                **dict(consistency_kwargs or {}),
+            )
+        except TypeError as exc:
+            raise ValueError(
+                f"partial_kwargs.consistency_kwargs {sorted(consistency_kwargs or {})} do "
+                f"not fit consistency={consistency!r}: {exc}"
+            ) from exc
         channels = {t: int(task.out_channels) for t, task in self.tasks.items()}
         self.mapping = create_mapping(
             mapping,
@@ -419,16 +461,22 @@ class CrossTaskConsistency(PartialSupervision):
         self._generator = step_generator(self.seed, 0)
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
-        """The mapping's parameters at ``lr``, its FiLM (a_θ) parameters at ``film_lr``."""
+        """The mapping's parameters at ``lr``, its FiLM (a_θ) parameters at ``film_lr``,
+        the L_ct entry's own (the discriminator) as that entry sets them."""
         from mtal.models.mtpsl import FiLM
 
-        film = {id(p) for m in self.modules() if isinstance(m, FiLM) for p in m.parameters()}
-        rest = [p for p in self.parameters() if id(p) not in film]
+        own = self.consistency.param_groups(lr)
+        taken = {id(p) for g in own for p in g["params"]}
+        film = {
+            id(p) for m in self.mapping.modules() if isinstance(m, FiLM) for p in m.parameters()
+        }
+        params = [p for p in self.parameters() if id(p) not in taken]
+        rest = [p for p in params if id(p) not in film]
         groups = [{"params": rest, "lr": lr}] if rest else []
-        film_params = [p for p in self.parameters() if id(p) in film]
+        film_params = [p for p in params if id(p) in film]
         if film_params:
             groups.append({"params": film_params, "lr": self.film_lr or lr, "weight_decay": 0.0})
-        return groups
+        return groups + own
 
     def forward(
         self, module: nn.Module, batch: Mapping[str, Any], out: MultiTaskOutput, labelled: Tensor
@@ -437,6 +485,7 @@ class CrossTaskConsistency(PartialSupervision):
         per_image = batch["image"].new_zeros(batch["image"].shape[0])
         if not bool((~labelled).any()):
             return per_image.sum()
+        side_image = per_image.clone()
         self._generator = step_generator(self.seed, int(getattr(module, "global_step", 0)))
         feat = _features(out)
         pair_loss = PAIR_LOSSES[self.mapping_name]
@@ -452,10 +501,12 @@ class CrossTaskConsistency(PartialSupervision):
                 src = map_input(task_s)[0](task_s, out.final[name_s][rows], self._generator)
                 y_t = batch["targets"][name_t][rows]  # labelled for t: safe to read
                 tgt = y_t if raw_target else map_input(task_t)[1](task_t, y_t)
-                loss = pair_loss(self, src, tgt, s, t, feat[rows])
+                loss, side = pair_loss(self, src, tgt, s, t, feat[rows])
                 per_image = per_image.index_add(0, rows, loss.to(per_image.dtype))
+                if side is not None:
+                    side_image = side_image.index_add(0, rows, side.to(per_image.dtype))
         ramp = RAMPUPS[self.rampup](training_progress(module))
-        return self.weight * ramp * per_image.mean()
+        return self.weight * ramp * per_image.mean() + side_image.mean()
 
 
 def create_partial_supervision(
