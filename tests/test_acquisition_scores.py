@@ -834,6 +834,37 @@ def test_scoring_keeps_only_summaries_and_restores_mode() -> None:
     assert model.training and not model.drop.training
 
 
+def test_scoring_rows_follow_indices_whatever_order_the_loader_yields() -> None:
+    """Summaries land in the row of their index even when the loader reorders the
+    batches; a repeated index is scored once and its row repeated; a loader that drops or
+    repeats an index is an error; the result is a plain (trainable) tensor."""
+    n = 12
+    model = TableModel({"a": np.arange(n, dtype=float)})
+    ctx = make_ctx(model, n, ["a"], [])
+    inner = ctx.datamodule.pool_loader
+
+    def summarise(batch):
+        return {"v": model(batch["image"]).final["a"].mean(dim=(1, 2, 3)).unsqueeze(1)}
+
+    ctx.datamodule.pool_loader = lambda idx, with_labels=False: reversed(list(inner(idx)))
+    idx = np.array([5, 2, 9, 0, 11, 7, 1])
+    got = stream_summaries(ctx, idx, summarise)
+    np.testing.assert_allclose(got["v"][:, 0].numpy(), idx)
+    got["v"].requires_grad_()  # an inference-mode tensor would refuse this
+    ctx.datamodule.pool_loader = inner
+    seen: list[int] = []
+    ctx.datamodule.pool_loader = lambda i, with_labels=False: (seen.extend(i), inner(i))[1]
+    twice = stream_summaries(ctx, np.array([3, 4, 3, 8]), summarise)
+    np.testing.assert_allclose(twice["v"][:, 0].numpy(), [3, 4, 3, 8])
+    assert seen == [3, 4, 8]
+    ctx.datamodule.pool_loader = lambda i, with_labels=False: inner(i[:-1])
+    with pytest.raises(RuntimeError, match=r"returned 6 samples for 7 requested"):
+        stream_summaries(ctx, idx, summarise)
+    ctx.datamodule.pool_loader = lambda i, with_labels=False: inner(np.r_[i, i[:1]])
+    with pytest.raises(RuntimeError, match="or twice"):
+        stream_summaries(ctx, idx, summarise)
+
+
 def test_mc_passes_are_seeded_and_leave_global_rng_alone() -> None:
     class NoisyModel(torch.nn.Module):
         def forward(self, image, **kw):

@@ -31,12 +31,15 @@ def pooled_task_features(
     return torch.cat(parts, dim=1).flatten(1)
 
 
-def standardise(features: torch.Tensor) -> torch.Tensor:
+def standardise(features: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
     """Per-channel zero mean / unit std over samples and grid cells of ``[N, C, g, g]``
-    features (channels of different heads have different scales)."""
+    features (channels of different heads have different scales); ``inplace`` overwrites
+    ``features`` (the same numbers, no N-sized temporaries)."""
     mean = features.mean(dim=(0, 2, 3), keepdim=True)
-    std = features.std(dim=(0, 2, 3), keepdim=True, unbiased=False)
-    return (features - mean) / std.clamp_min(1e-6)
+    std = features.std(dim=(0, 2, 3), keepdim=True, unbiased=False).clamp_min(1e-6)
+    if inplace:
+        return features.sub_(mean).div_(std)
+    return (features - mean) / std
 
 
 class FeatureAutoEncoder(nn.Module):
@@ -218,9 +221,13 @@ def train_autoencoder(
 def encode_all(
     ae: FeatureAutoEncoder, features: torch.Tensor, batch_size: int, device: torch.device | str
 ) -> torch.Tensor:
-    """Codes ``[N, code_dim]`` (CPU) of ``[N, C, g, g]`` features, in batches."""
-    out = [ae.encode(chunk.to(device)).cpu() for chunk in features.split(batch_size)]
-    return torch.cat(out) if out else torch.zeros(0, ae.encoder[-1].out_features)
+    """Codes ``[N, code_dim]`` (CPU) of ``[N, C, g, g]`` features, in batches, written
+    into one preallocated tensor (no per-batch list and concatenation copy)."""
+    out = torch.zeros(len(features), ae.code_dim)
+    for start in range(0, len(features), batch_size):
+        chunk = features[start : start + batch_size]
+        out[start : start + len(chunk)] = ae.encode(chunk.to(device)).cpu()
+    return out
 
 
 @torch.no_grad()

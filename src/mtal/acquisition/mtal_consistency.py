@@ -491,8 +491,13 @@ class MTALStrategy(Strategy):
             div = np.ones(len(unl))
             if len(lab):
                 f_lab = labelled_features(ctx, lab, summarise_lab, "feat")
-                feats = torch.cat([f_lab, got["feat"]]).view(len(lab) + len(unl), -1, grid, grid)
-                feats = standardise(feats)
+                # one (labelled + unlabelled) buffer, standardised in place: two copies of
+                # the pool's feature rows at the peak, one after (issue 16.6)
+                feats = torch.empty((len(lab) + len(unl), f_lab.shape[1]), dtype=f_lab.dtype)
+                feats[: len(lab)] = f_lab
+                feats[len(lab) :] = got.pop("feat")
+                del f_lab
+                feats = standardise(feats.view(len(feats), -1, grid, grid), inplace=True)
                 seed = int(rng.integers(2**31 - 2))
                 div = diversity(self, ctx, feats[len(lab) :], feats[: len(lab)], channels, seed)
             score = score * div

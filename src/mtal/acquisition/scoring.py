@@ -100,8 +100,27 @@ def stream_summaries(
             return stream_summaries(ctx, part, summarise, seed=part_seed, sharded=False, **options)
 
         return distributed.sharded_summaries(indices, block, seed, local)
-    chunks: dict[str, list[torch.Tensor]] = {}
-    seen: list[torch.Tensor] = []
+    if len(np.unique(indices)) != len(indices):  # score each image once, rows repeated
+        unique = indices[np.sort(np.unique(indices, return_index=True)[1])]
+        once = stream_summaries(
+            ctx,
+            unique,
+            summarise,
+            with_labels=with_labels,
+            max_values_per_sample=max_values_per_sample,
+            seed=seed,
+            sharded=sharded,
+        )
+        at = {int(i): r for r, i in enumerate(unique)}
+        take = torch.as_tensor([at[int(i)] for i in indices], dtype=torch.int64)
+        return {key: value[take] for key, value in once.items()}
+    # one preallocated float32 buffer per summary, rows written where the index belongs:
+    # peak memory is one copy of the summaries (no per-batch list, concatenation and
+    # reorder copies); numpy buffers, so the result is a plain tensor (trainable)
+    row_of = {int(i): r for r, i in enumerate(indices)}
+    filled = np.zeros(len(indices), dtype=bool)
+    buffers: dict[str, np.ndarray] = {}
+    seen = 0
     with eval_mode(ctx.model), seeded_torch(seed, ctx.device), torch.inference_mode():
         loader = ctx.datamodule.pool_loader(indices, with_labels=with_labels)
         total = len(loader) if hasattr(loader, "__len__") else None
@@ -109,6 +128,15 @@ def stream_summaries(
             batch = to_device(batch, ctx.device)
             size = int(batch["index"].shape[0])
             out = summarise(batch)
+            got = batch["index"].detach().to("cpu", torch.int64).tolist()
+            rows = np.asarray([row_of.get(int(i), -1) for i in got], dtype=np.int64)
+            seen += len(got)
+            if (rows < 0).any() or filled[rows[rows >= 0]].any() or seen > len(indices):
+                raise RuntimeError(
+                    f"pool_loader returned index {got} outside the {len(indices)} requested "
+                    "or twice; ActiveDataModule.pool_loader must yield each index once"
+                )
+            filled[rows] = True
             for key, value in out.items():
                 if value.shape[0] != size:
                     raise ValueError(
@@ -121,19 +149,17 @@ def stream_summaries(
                         f"(limit {max_values_per_sample}); reduce it (pool/average) inside the "
                         "batch so memory does not grow with the pool's pixels"
                     )
-                chunks.setdefault(key, []).append(value.detach().to("cpu", torch.float32))
-            seen.append(batch["index"].detach().to("cpu", torch.int64))
-    got = torch.cat(seen).numpy()
-    position = {int(i): p for p, i in enumerate(got)}
-    missing = [int(i) for i in indices if int(i) not in position]
-    if missing or len(got) != len(indices):
+                if key not in buffers:
+                    buffers[key] = np.empty((len(indices), *value.shape[1:]), dtype=np.float32)
+                buffers[key][rows] = value.detach().to("cpu", torch.float32).numpy()
+    if not filled.all():
+        missing = indices[~filled]
         raise RuntimeError(
-            f"pool_loader returned {len(got)} samples for {len(indices)} requested indices "
-            f"(missing e.g. {missing[:5]}); ActiveDataModule.pool_loader must yield each index once"
+            f"pool_loader returned {seen} samples for {len(indices)} requested indices "
+            f"(missing e.g. {missing[:5].tolist()}); ActiveDataModule.pool_loader must yield "
+            "each index once"
         )
-    order = torch.as_tensor([position[int(i)] for i in indices], dtype=torch.int64)
-    # plain (non-inference) tensors, so callers may train on them (MTAL's auto-encoder)
-    return {key: torch.cat(parts)[order].clone() for key, parts in chunks.items()}
+    return {key: torch.from_numpy(buf) for key, buf in buffers.items()}
 
 
 def forward(ctx: AcquisitionContext, batch: Mapping[str, Any], **kwargs: Any) -> Any:
