@@ -93,7 +93,12 @@ class CoreSet(Strategy):
                 used = "embedding (the model returns no extras['fused'])"
         if len(lab) == 0:
             f_lab = f_unl.new_zeros((0, f_unl.shape[1]))
-        features = torch.cat([f_lab, f_unl]).numpy().astype(np.float32)
+        # one float32 (labelled + unlabelled) buffer: the pool's rows are copied once,
+        # not concatenated and then cast (issue 16.6)
+        features = np.empty((len(lab) + len(unl), f_unl.shape[1]), dtype=np.float32)
+        features[: len(lab)] = f_lab.numpy()
+        features[len(lab) :] = f_unl.numpy()
+        del f_lab, f_unl
         mask = np.zeros(len(features), dtype=bool)
         mask[: len(lab)] = True
         picked = np.asarray(
