@@ -34,7 +34,9 @@ class PartAL(Strategy):
     without normalisation). ``mc_samples=8`` is ours (the paper does not fix it).
     ``mc_scope="final"`` (ours, not the paper's) samples only the final heads' dropout:
     the initial predictions and the distillation run once per batch, ~4× cheaper on
-    PAD-Net, but ``u_k`` then ignores the initial heads' dropout (benchmarks/README.md).
+    PAD-Net, but ``u_k`` then ignores the initial heads' dropout, so a known label no
+    longer narrows the sampled spread of the other tasks through the distillation (the
+    point of substituting it) — it only moves their mean (benchmarks/README.md).
     """
 
     name = "partal"
