@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from mtal.registry import Registry
-from mtal.training.partial import cosine_distance
+from mtal.training.partial import as_maps, cosine_distance
 
 #: ``partial_kwargs.consistency`` → L_ct module (built with ``feature_channels``,
 #: ``num_tasks`` and ``partial_kwargs.consistency_kwargs``)
@@ -67,12 +67,7 @@ class CosineConsistency(ConsistencyLoss):
 def similarity_matrix(a: Tensor, b: Tensor) -> Tensor:
     """``S[i, j] = mean_pixels cos(a_i, b_j)`` (cosine along channels), ``[n, n]``; so
     ``1 − S[i, i]`` is the cosine distance of Eq. 3. ``b`` is resized to ``a``'s size."""
-    if a.ndim == 2:
-        a = a[:, :, None, None]
-    if b.ndim == 2:
-        b = b[:, :, None, None]
-    if tuple(b.shape[-2:]) != tuple(a.shape[-2:]):
-        b = F.adaptive_avg_pool2d(b, a.shape[-2:])
+    a, b = as_maps(a, b)
     a = F.normalize(a, dim=1, eps=1e-12)
     b = F.normalize(b, dim=1, eps=1e-12)
     pixels = a.shape[-2] * a.shape[-1]

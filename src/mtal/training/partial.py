@@ -77,17 +77,24 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
-def cosine_distance(a: Tensor, b: Tensor) -> Tensor:
-    """Per-sample ``1 − mean_pixels cos(a, b)`` (cosine along channels), ``[B]``.
-
-    ``b`` is resized (adaptive average pooling) to ``a``'s spatial size when they differ;
-    B×D inputs are treated as 1×1 maps."""
+def as_maps(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """``(a, b)`` as B×C×h×w maps (B×D → 1×1 maps), ``b`` resized (adaptive average
+    pooling) to ``a``'s spatial size when they differ."""
     if a.ndim == 2:
         a = a[:, :, None, None]
     if b.ndim == 2:
         b = b[:, :, None, None]
     if tuple(b.shape[-2:]) != tuple(a.shape[-2:]):
         b = F.adaptive_avg_pool2d(b, a.shape[-2:])
+    return a, b
+
+
+def cosine_distance(a: Tensor, b: Tensor) -> Tensor:
+    """Per-sample ``1 − mean_pixels cos(a, b)`` (cosine along channels), ``[B]``.
+
+    ``b`` is resized (adaptive average pooling) to ``a``'s spatial size when they differ;
+    B×D inputs are treated as 1×1 maps."""
+    a, b = as_maps(a, b)
     if a.shape[1] != b.shape[1]:
         raise ValueError(
             f"cosine distance between maps of {a.shape[1]} and {b.shape[1]} channels; the "
