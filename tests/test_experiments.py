@@ -332,3 +332,24 @@ def test_sweep_is_valid(path: str, parser: Any, monkeypatch: pytest.MonkeyPatch)
     command = agent_command(sweep, dict(zip(names, combos[0])))
     cli = build_cli(command[2:])
     assert cli.skipped_subcommand == "loop"
+
+
+def test_grid_baselines_must_be_cells_and_reach_the_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mtal import experiment
+    from mtal.experiment import GridError, load_grid
+
+    with pytest.raises(GridError, match=r"baselines names cell\(s\) \['mtal-mtpsl'\]"):
+        load_grid(
+            _write_grid(tmp_path / "b.yaml", exclude=["mtal-mtpsl"], baselines=["mtal-mtpsl"])
+        )
+    path = _write_grid(tmp_path / "g.yaml", baselines=["random-sl"])
+    assert load_grid(path).baselines == ["random-sl"]
+    seen: list[list[str]] = []
+    monkeypatch.setattr(experiment, "run_grid", lambda *a, **k: [])
+    import mtal.report
+
+    monkeypatch.setattr(mtal.report, "main", lambda argv: seen.append(list(argv)) or 0)
+    experiment.main([str(path), "--runs-dir", str(tmp_path), "--report"])
+    assert seen == [[str(tmp_path / "g"), "--baseline", "random-sl"]]

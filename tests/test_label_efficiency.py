@@ -120,3 +120,18 @@ def test_report_writes_efficiency_and_flags_capped_curves(experiment: Path) -> N
     assert "| coreset | 3 | 1 | 2 | 0 | 10–10 | CAPPED |" in stopping
     assert "| random | 9 | 9 | 0 | 0 | 10–10 | ok |" in stopping
     assert "coreset: [2 capped cycles]" in (out / "summary.md").read_text()
+
+
+def test_report_pairs_against_a_named_baseline(experiment: Path) -> None:
+    """``--baseline mtal`` writes efficiency_vs_mtal.md: random is then 0.075 worse per
+    seed (the hand values of the fixture), all 3 seeds agree → "worse"."""
+    from mtal.report import main
+
+    assert main([str(experiment), "--baseline", "mtal"]) == 0
+    text = (experiment / "report" / "efficiency_vs_mtal.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| random |"))
+    assert "s0: -0.0750, s1: -0.0750, s2: -0.0750" in row and "worse" in row
+    mtal_row = next(line for line in text.splitlines() if line.startswith("| mtal |"))
+    assert mtal_row.endswith("| — | — | — | — |")
+    with pytest.raises(ValueError, match=r"\['nope'\] are not strategies.*'coreset'"):
+        main([str(experiment), "--baseline", "nope"])

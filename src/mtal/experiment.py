@@ -15,6 +15,7 @@ A grid file names a base config and the axes to sweep::
     reference: {data.initial: 1.0} # optional fully-trained reference run ("full")
     reference_seeds: [0]           # optional: the seeds of the reference (default: seeds)
     exclude: [mtal-dwa]            # optional: cells (<strategy>-<variant>) not to run
+    baselines: [random-dwa]        # optional: the report also pairs against these cells
     smoke:                         # applied on top with --smoke / SMOKE=1
       config: configs/synthetic/smoke.yaml
       seeds: [0]
@@ -52,6 +53,7 @@ GRID_KEYS = {
     "reference",
     "reference_seeds",
     "exclude",
+    "baselines",
 }
 SMOKE_KEYS = {
     "config",
@@ -62,6 +64,7 @@ SMOKE_KEYS = {
     "reference",
     "reference_seeds",
     "exclude",
+    "baselines",
 }
 
 
@@ -113,6 +116,8 @@ class Grid:
     reference_seeds: list[int] | None = None
     #: cell labels (``<strategy>-<variant>``) left out of the grid
     exclude: list[str] = field(default_factory=list)
+    #: cells the report pairs every strategy against, besides ``random``
+    baselines: list[str] = field(default_factory=list)
 
     def labels(self) -> list[str]:
         """Every cell label the strategies × variants would produce (before ``exclude``)."""
@@ -152,6 +157,7 @@ def load_grid(path: str | Path, *, smoke: bool = False) -> Grid:
             "reference",
             "reference_seeds",
             "exclude",
+            "baselines",
         ):
             if key in smoke_section:
                 data[key] = smoke_section[key]
@@ -176,6 +182,7 @@ def load_grid(path: str | Path, *, smoke: bool = False) -> Grid:
             else [int(x) for x in data["reference_seeds"]]
         ),
         exclude=[str(x) for x in (data.get("exclude") or [])],
+        baselines=[str(x) for x in (data.get("baselines") or [])],
     )
     if not grid.strategies or not grid.seeds:
         raise GridError(f"{path}: strategies and seeds must be non-empty lists")
@@ -184,6 +191,13 @@ def load_grid(path: str | Path, *, smoke: bool = False) -> Grid:
         raise GridError(
             f"{path}: exclude names cell(s) {unknown_cells} that the grid does not have; "
             f"its cells are {grid.labels()}"
+        )
+    cells = set(grid.labels()) - set(grid.exclude)
+    unknown_baselines = sorted(set(grid.baselines) - cells)
+    if unknown_baselines:
+        raise GridError(
+            f"{path}: baselines names cell(s) {unknown_baselines} that the grid does not run; "
+            f"its cells are {sorted(cells)}"
         )
     return grid
 
@@ -364,5 +378,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.report and not args.dry_run:
         from mtal.report import main as report_main
 
-        report_main([str(Path(args.runs_dir) / grid.name)])
+        extra = [flag for b in grid.baselines for flag in ("--baseline", b)]
+        report_main([str(Path(args.runs_dir) / grid.name), *extra])
     return 0

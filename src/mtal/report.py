@@ -288,9 +288,14 @@ def add_equal_star(runs: dict[str, list[list[dict[str, float]]]]) -> str | None:
     return best
 
 
-def write_report(experiment_dir: str | Path, task_costs: dict[str, float] | None = None) -> Path:
+def write_report(
+    experiment_dir: str | Path,
+    task_costs: dict[str, float] | None = None,
+    baselines: Sequence[str] = (),
+) -> Path:
     """Write curves, tables and savings for one experiment folder; returns the report dir.
-    ``task_costs`` prices the cost axis (default: each run's ``loop.task_costs``)."""
+    ``task_costs`` prices the cost axis (default: each run's ``loop.task_costs``);
+    ``baselines`` adds ``efficiency_vs_<name>.md`` paired against those strategies."""
     experiment_dir = Path(experiment_dir)
     runs = read_runs(experiment_dir)
     if runs:
@@ -336,7 +341,11 @@ def write_report(experiment_dir: str | Path, task_costs: dict[str, float] | None
     )
     (out / "summary.md").write_text(markdown_table(renamed, [header[c] for c in short]) + warning)
     write_efficiency(
-        experiment_dir, out, headline_metrics(metrics), {m: higher_is_better(m) for m in metrics}
+        experiment_dir,
+        out,
+        headline_metrics(metrics),
+        {m: higher_is_better(m) for m in metrics},
+        baselines,
     )
     if HEADLINE in metrics:
         curves = [c for s in strategies if (c := curve(s, runs[s], HEADLINE)) is not None]
@@ -381,10 +390,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("experiment", help="runs/<experiment>")
     parser.add_argument("--print", action="store_true", help="print the tables")
     parser.add_argument("--task_costs", help="price the cost axis: semseg=10,depth=0.5,...")
+    parser.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        help="also pair every strategy per seed against this one (efficiency_vs_<name>.md); "
+        "repeatable; efficiency.md always pairs against random",
+    )
     args = parser.parse_args(list(argv) if argv is not None else None)
     from mtal.report_costs import parse_task_costs
 
-    out = write_report(args.experiment, parse_task_costs(args.task_costs))
+    out = write_report(args.experiment, parse_task_costs(args.task_costs), args.baseline)
     print(f"[mtal] report written to {out}")
     if args.print:
         for name in (
@@ -393,6 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "savings_cost.md",
             "stopping.md",
             "efficiency.md",
+            *(f"efficiency_vs_{b}.md" for b in args.baseline),
             "diagnostics.md",
         ):
             if (out / name).exists():

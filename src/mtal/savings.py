@@ -191,14 +191,16 @@ def efficiency_markdown(
     metrics: Sequence[str],
     higher_is_better: dict[str, bool],
     fraction: float = FRACTION,
+    baseline: str = BASELINE,
 ) -> str:
-    """The savings / AUC / paired-difference tables, one per metric."""
+    """The savings / AUC / paired-difference tables, one per metric; differences are
+    paired per seed against the ``baseline`` strategy (default ``random``)."""
     strategies = sorted(s for s in runs if s != REFERENCE)
     lines = [
         f"Label efficiency against the fully-trained reference (`{REFERENCE}`): labels to "
         f"{100 * fraction:.0f}% of its performance (interpolated between cycles; per seed), "
         "normalised AUC of the relative performance (1 = fully trained throughout), and the "
-        f"paired nAUC difference to `{BASELINE}` per seed. A strategy is called better or "
+        f"paired nAUC difference to `{baseline}` per seed. A strategy is called better or "
         f"worse only when all of >= {MIN_SEEDS} seeds agree or the one-sided exact sign "
         f"test gives p <= {ALPHA}.",
         "",
@@ -212,14 +214,14 @@ def efficiency_markdown(
         figures = {
             s: strategy_figures(runs[s], metric, reference, higher, fraction) for s in strategies
         }
-        base = figures.get(BASELINE)
+        base = figures.get(baseline)
         arrow = "↑" if higher else "↓"
         lines += [
             f"### {metric} {arrow} (reference {reference:.4f}; target "
             f"{fraction * reference if higher else reference / fraction:.4f})",
             "",
             f"| strategy | labels to {100 * fraction:.0f}% per seed | reached | nAUC | "
-            f"Δ nAUC vs {BASELINE} per seed | Δ mean ± std | sign-test p (Δ > 0) | verdict |",
+            f"Δ nAUC vs {baseline} per seed | Δ mean ± std | sign-test p (Δ > 0) | verdict |",
             "|---|---|---|---|---|---|---|---|",
         ]
         for s in strategies:
@@ -229,7 +231,7 @@ def efficiency_markdown(
                 for k, v in f.labels_to_target.items()
             )
             reached = sum(v is not None for v in f.labels_to_target.values())
-            if base is None or s == BASELINE:
+            if base is None or s == baseline:
                 diffs_text, mean_text, p_text, call = "—", "—", "—", "—"
             else:
                 diffs = paired_differences(f.nauc, base.nauc)
@@ -291,14 +293,31 @@ def stopping_markdown(runs: Mapping[str, Mapping[int, Rows]]) -> str:
 
 
 def write_efficiency(
-    experiment_dir: Path, out: Path, metrics: Sequence[str], higher: dict[str, bool]
+    experiment_dir: Path,
+    out: Path,
+    metrics: Sequence[str],
+    higher: dict[str, bool],
+    baselines: Sequence[str] = (),
 ) -> list[Path]:
-    """Write ``efficiency.md`` and ``stopping.md`` into ``out``; returns the paths."""
+    """Write ``efficiency.md`` (paired against ``random``), one
+    ``efficiency_vs_<baseline>.md`` per extra baseline, and ``stopping.md`` into ``out``;
+    returns the paths. An unknown baseline is an error naming the strategies."""
     runs = read_seeded(experiment_dir)
+    unknown = [b for b in baselines if b not in runs or b == REFERENCE]
+    if unknown:
+        known = sorted(s for s in runs if s != REFERENCE)
+        raise ValueError(
+            f"report baseline(s) {unknown} are not strategies of {experiment_dir}; "
+            f"choose among {known}"
+        )
     written = [out / "stopping.md"]
     written[0].write_text(stopping_markdown(runs))
     if REFERENCE in runs:
         path = out / "efficiency.md"
         path.write_text(efficiency_markdown(runs, metrics, higher))
         written.append(path)
+        for name in baselines:
+            path = out / f"efficiency_vs_{name}.md"
+            path.write_text(efficiency_markdown(runs, metrics, higher, baseline=name))
+            written.append(path)
     return written
