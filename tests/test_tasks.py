@@ -388,8 +388,9 @@ DISCREPANCY_CASES = [
 
 @pytest.mark.parametrize(("name", "target"), DISCREPANCY_CASES)
 def test_discrepancies_equal_one_discrepancy_per_member(name: str, target: str | None) -> None:
-    """The committee path (``discrepancies``: the anchor's side computed once) gives
-    exactly what calling ``discrepancy`` once per member gives."""
+    """The committee path (``discrepancies``: the anchor's side computed once; the single
+    ``discrepancy`` is its one-member case) equals each task's formula written out per
+    member."""
     kwargs: dict = {"num_classes": 4} if name in ("semseg", "parts") else {}
     if target is not None:
         kwargs["discrepancy_target"] = target
@@ -400,5 +401,28 @@ def test_discrepancies_equal_one_discrepancy_per_member(name: str, target: str |
     members = [torch.randn(2, c, 6, 7, generator=g) for _ in range(3)]
     got = task.discrepancies(raw, members)
     assert got.shape == (3, 2)
-    want = torch.stack([task.discrepancy(raw, m) for m in members])
-    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    want = torch.stack([_one_discrepancy(task, target, raw, m) for m in members])
+    torch.testing.assert_close(got, want)
+
+
+def _one_discrepancy(task, target: str | None, raw: torch.Tensor, other: torch.Tensor):
+    """Each task's discrepancy of ``raw`` against one member, written out per formula."""
+    F = torch.nn.functional
+    if task.name in ("semseg", "parts"):
+        if target == "hard":
+            return F.cross_entropy(raw, other.argmax(1), reduction="none").flatten(1).mean(1)
+        soft = other.softmax(1)
+        per_pixel = -(soft * raw.log_softmax(1)).sum(1)
+        if target == "kl":
+            per_pixel = per_pixel - torch.special.entr(soft).sum(1)
+        return per_pixel.flatten(1).mean(1)
+    if task.name in ("edge", "saliency"):
+        prob = other.sigmoid()
+        if target == "hard":
+            prob = (prob >= 0.5).float()
+        out = task.balanced_bce(raw, prob)  # the task's loss with a soft target
+        return out - task.balanced_bce(other, prob) if target == "kl" else out
+    if task.name == "normals":
+        units = F.normalize(raw, dim=1), F.normalize(other, dim=1)
+        return task.pixel_loss(*units).flatten(1).mean(1)
+    return (raw - other).abs().flatten(1).mean(1)  # depth: L1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +18,12 @@ from mtal.acquisition.diversity import (
     standardise,
     train_autoencoder,
 )
-from mtal.acquisition.scoring import forward, labelled_features, stream_summaries
+from mtal.acquisition.scoring import (
+    accepts_keyword,
+    forward,
+    labelled_features,
+    stream_summaries,
+)
 
 #: diversity(strategy, ctx, feats_unlabelled, feats_labelled, channels, seed) -> [n_unlabelled]
 #: feats are standardised ``[n, ΣC_t, g, g]``; ``channels`` the per-task channel counts
@@ -31,9 +35,7 @@ DiversityFn = Callable[
 def accepts_refine(model: torch.nn.Module) -> bool:
     """Whether the network's ``forward`` declares ``refine`` (PAD-Net: ``refine=False``
     skips the distillation and final heads, whose output MTAL's initial anchor never reads)."""
-    net = getattr(model, "net", None) or model
-    param = inspect.signature(net.forward).parameters.get("refine")
-    return param is not None and param.kind in (param.KEYWORD_ONLY, param.POSITIONAL_OR_KEYWORD)
+    return accepts_keyword(getattr(model, "net", None) or model, "refine")
 
 
 def _nearest(queries: torch.Tensor, keys: torch.Tensor) -> np.ndarray:

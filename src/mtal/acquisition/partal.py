@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import numpy as np
@@ -10,7 +9,7 @@ import torch
 
 from mtal.acquisition import STRATEGIES
 from mtal.acquisition.base import AcquisitionContext, Selection, Strategy
-from mtal.acquisition.scoring import mc_forward, stream_summaries
+from mtal.acquisition.scoring import accepts_keyword, mc_forward, stream_summaries
 
 #: ``partal`` mc_scope: every head's dropout (the paper's MC dropout) or the final heads'
 PARTAL_MC_SCOPES = ("all", "final")
@@ -65,7 +64,7 @@ class PartAL(Strategy):
     def check_model(self, model: Any) -> None:
         """Ground-truth substitution needs a PAD-Net built with ``gt_substitution=True``;
         ``mc_scope="final"`` a model whose forward takes ``mc_scope``."""
-        if self.mc_scope != "all" and "mc_scope" not in inspect.signature(model.forward).parameters:
+        if self.mc_scope != "all" and not accepts_keyword(model, "mc_scope"):
             raise ValueError(
                 f"strategy partal: mc_scope={self.mc_scope!r} needs a model with separate "
                 f"initial and final heads (PAD-Net); {type(model).__name__} has none: use "

@@ -167,11 +167,16 @@ def forward(ctx: AcquisitionContext, batch: Mapping[str, Any], **kwargs: Any) ->
     return ctx.model(batch["image"], **kwargs)
 
 
+def accepts_keyword(model: torch.nn.Module, name: str) -> bool:
+    """Whether ``model.forward`` declares the keyword parameter ``name``."""
+    param = inspect.signature(model.forward).parameters.get(name)
+    return param is not None and param.kind in (param.KEYWORD_ONLY, param.POSITIONAL_OR_KEYWORD)
+
+
 def accepts_mc_samples(model: torch.nn.Module) -> bool:
     """Whether ``model.forward`` declares an ``mc_samples`` parameter (mtal's models do:
     they run the deterministic trunk once and replicate only what carries dropout)."""
-    param = inspect.signature(model.forward).parameters.get("mc_samples")
-    return param is not None and param.kind in (param.KEYWORD_ONLY, param.POSITIONAL_OR_KEYWORD)
+    return accepts_keyword(model, "mc_samples")
 
 
 def _replicate(obj: Any, samples: int) -> Any:

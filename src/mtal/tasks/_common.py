@@ -190,16 +190,9 @@ class CategoricalTask(OptionsTask):
         return masked_mean(per_pixel, self.valid_mask(target))
 
     def discrepancy(self, raw: torch.Tensor, other_raw: torch.Tensor) -> torch.Tensor:
-        check_raw(self, raw)
-        check_raw(self, other_raw, "other_raw")
-        other = other_raw.detach()
-        if self.options["discrepancy_target"] == "hard":
-            return F.cross_entropy(raw, other.argmax(1), reduction="none").flatten(1).mean(1)
-        soft = other.softmax(1)
-        per_pixel = -(soft * raw.log_softmax(1)).sum(1)
-        if self.options["discrepancy_target"] == "kl":
-            per_pixel = per_pixel - torch.special.entr(soft).sum(1)  # minus H(q)
-        return per_pixel.flatten(1).mean(1)
+        """Cross-entropy of ``raw`` against softmax(other) ("soft"), argmax(other)
+        ("hard"), or the KL (soft minus H(q)); one member of :meth:`discrepancies`."""
+        return self.discrepancies(raw, [other_raw])[0]
 
     def discrepancies(self, raw: torch.Tensor, others: Sequence[torch.Tensor]) -> torch.Tensor:
         """:meth:`discrepancy` against every member with ``raw``'s log-softmax computed
@@ -217,7 +210,7 @@ class CategoricalTask(OptionsTask):
             soft = other.softmax(1)
             per_pixel = -(soft * log_p).sum(1)
             if self.options["discrepancy_target"] == "kl":
-                per_pixel = per_pixel - torch.special.entr(soft).sum(1)
+                per_pixel = per_pixel - torch.special.entr(soft).sum(1)  # minus H(q)
             rows.append(per_pixel.flatten(1).mean(1))
         return torch.stack(rows, dim=0)
 
@@ -331,15 +324,7 @@ class BinaryTask(OptionsTask):
         balanced entropy) or sigmoid(other) ≥ 0.5 ("hard") as the target; "kl" subtracts
         the member's loss against itself (the balanced Bernoulli KL, 0 when they agree);
         every pixel is valid."""
-        check_raw(self, other_raw, "other_raw")
-        other = other_raw.detach()
-        prob = other.sigmoid()
-        if self.options["discrepancy_target"] == "hard":
-            prob = (prob >= 0.5).to(prob.dtype)
-        out = self.balanced_bce(raw, prob)
-        if self.options["discrepancy_target"] == "kl":
-            out = out - self.balanced_bce(other, prob)
-        return out
+        return self.discrepancies(raw, [other_raw])[0]
 
     def discrepancies(self, raw: torch.Tensor, others: Sequence[torch.Tensor]) -> torch.Tensor:
         """:meth:`discrepancy` against every member with ``raw``'s ``log σ(±x)`` computed

@@ -97,10 +97,7 @@ class NormalsTask(OptionsTask):
         return masked_mean(per_pixel, valid)
 
     def discrepancy(self, raw: torch.Tensor, other_raw: torch.Tensor) -> torch.Tensor:
-        check_raw(self, raw)
-        check_raw(self, other_raw, "other_raw")
-        per_pixel = self.pixel_loss(self.activate(raw), self.activate(other_raw.detach()))
-        return per_pixel.flatten(1).mean(1)
+        return self.discrepancies(raw, [other_raw])[0]
 
     def discrepancies(self, raw: torch.Tensor, others: Sequence[torch.Tensor]) -> torch.Tensor:
         """:meth:`discrepancy` against every member with ``raw`` normalised once."""
