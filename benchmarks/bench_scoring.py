@@ -7,8 +7,9 @@ Run (about 4-5 min wall on the shared 2-core CPU at load ~2, more when it is bus
     WANDB_MODE=disabled NO_ALBUMENTATIONS_UPDATE=1 OMP_NUM_THREADS=1 \\
         .venv/bin/python benchmarks/bench_scoring.py [--quick] [--threads auto|1|2]
 
-Setting: synthetic scenes, PAD-Net on the tiny CNN, CPU, eval batch 16, the five
-PASCAL-Context tasks. The pool's scenes are rendered once before timing (dataset
+Setting: synthetic scenes, PAD-Net on the tiny CNN (``--arch paper``: the paper configs'
+HRNet-W18 PAD-Net; ``--breakdowns-only``: the per-batch tables alone), CPU, eval batch
+16, the five PASCAL-Context tasks. The pool's scenes are rendered once before timing (dataset
 cache), so times are model + scoring work, not scene rendering.
 
 1. Time. Reference = ONE plain inference pass: ``model(image)`` under
@@ -108,6 +109,18 @@ class Setting:
     mc_samples: int
     mem_cases: tuple[tuple[Case, tuple[int, ...]], ...]
     breakdown_images: int
+    #: PAD-Net trunk and channel widths (``--arch``; the default is the tiny CNN)
+    arch: str = "tiny_cnn"
+
+
+#: ``--arch`` → (backbone, PAD-Net keyword arguments). ``paper``: the paper configs'
+#: PAD-Net (configs/pascal/padnet_{mtal,partal}.yaml: HRNet-W18, 64 head / 128 encoder
+#: channels), randomly initialised (timing does not depend on the weights' values)
+ARCHS: dict[str, tuple[str, dict[str, Any]]] = {
+    "tiny_cnn": ("tiny_cnn", {}),
+    "paper": ("hrnet_w18", {"head_channels": 64, "encoder_channels": 128, "pretrained": False}),
+    "resnet18": ("resnet18", {"head_channels": 64, "encoder_channels": 128, "pretrained": False}),
+}
 
 
 def timing_cases(mc_samples: int) -> list[Case]:
@@ -241,7 +254,7 @@ def build(
     setting: Setting, n_unlabelled: int, model_kwargs: dict[str, Any], cache: bool
 ) -> AcquisitionContext:
     """A pool of ``n_labelled`` fully labelled + ``n_unlabelled`` unlabelled synthetic scenes
-    and a seeded PAD-Net (tiny CNN) → an acquisition context."""
+    and a seeded PAD-Net (trunk ``setting.arch``) → an acquisition context."""
     dm = ActiveDataModule(
         dataset="synthetic",
         tasks=list(TASKS),
@@ -254,7 +267,10 @@ def build(
     )
     dm.setup("fit")
     torch.manual_seed(0)
-    model = create_model("padnet", tasks=dm.task_objects, backbone="tiny_cnn", **model_kwargs)
+    backbone, arch_kwargs = ARCHS[setting.arch]
+    model = create_model(
+        "padnet", tasks=dm.task_objects, backbone=backbone, **arch_kwargs, **model_kwargs
+    )
     model.eval()
     return AcquisitionContext(
         model=model, tasks=dm.task_objects, pool=dm.pool, datamodule=dm, cycle=1, seed=0
@@ -327,7 +343,7 @@ def time_table(rows: list[TimeRow], setting: Setting, threads: int) -> str:
     lines = [
         f"Pool scoring time, N = {setting.n_unlabelled} unlabelled + {setting.n_labelled} "
         f"labelled images, {setting.size[0]}×{setting.size[1]}, {len(TASKS)} tasks, PAD-Net "
-        f"tiny_cnn, batch {setting.batch}, CPU, {threads} torch thread(s); ratio = CPU "
+        f"{ARCHS[setting.arch][0]}, batch {setting.batch}, CPU, {threads} torch thread(s); ratio = CPU "
         "seconds / CPU seconds of one plain inference pass over the same unlabelled images "
         "(mean of the passes right before and after that select; wall-clock ratio in "
         "brackets).",
@@ -384,7 +400,7 @@ def mtal_breakdown(setting: Setting) -> tuple[str, float]:
     keys = ("plain", "committee", "shared", "scoring", "batched", "incons", "feat")
     clocks = {k: Clock() for k in keys}
     committee = ctx.model.learnable_committee
-    diff = 0.0
+    diff = scale = 0.0
     with scoring.eval_mode(ctx.model), torch.inference_mode():
         for image in batches:
             with clocks["plain"].measure():
@@ -408,6 +424,12 @@ def mtal_breakdown(setting: Setting) -> tuple[str, float]:
                     for k, ms in src.committee.items()
                     for n, m in ms.items()
                 ),
+            )
+            # a randomly initialised HRNet's eval activations reach ~1e6: report the
+            # difference relative to the members' largest magnitude too
+            scale = max(
+                scale,
+                *(float(m.abs().max()) for ms in full.committee.values() for m in ms.values()),
             )
             with clocks["incons"].measure():
                 strategy.inconsistency(ctx, out)
@@ -446,7 +468,8 @@ def mtal_breakdown(setting: Setting) -> tuple[str, float]:
         f"Learnable committee scoring = {total / ref:.2f}× one plain pass per batch: target "
         f"≤ {COMMITTEE_TARGET:g}× {'met' if total / ref <= COMMITTEE_TARGET else 'NOT met'}; "
         f"max abs diff of the members (refine=False, batched) vs model(image, committee=1): "
-        f"{diff:.1e}.",
+        f"{diff:.1e} (relative to the members' largest magnitude {scale:.1e}: "
+        f"{diff / max(scale, 1e-30):.1e}).",
     ]
     return "\n".join(lines), total / ref
 
@@ -662,8 +685,19 @@ def main() -> None:
     parser.add_argument(
         "--mc-only", action="store_true", help="only the MC-dropout (partal/rbal) breakdown"
     )
+    parser.add_argument(
+        "--breakdowns-only",
+        action="store_true",
+        help="only the per-batch breakdowns (mtal committee, MC dropout), no select() timing",
+    )
+    parser.add_argument(
+        "--arch",
+        choices=sorted(ARCHS),
+        default="tiny_cnn",
+        help="PAD-Net trunk: tiny_cnn (default), paper (HRNet-W18, 64/128 channels), resnet18",
+    )
     args = parser.parse_args()
-    setting = QUICK if args.quick else FULL
+    setting = replace(QUICK if args.quick else FULL, arch=args.arch)
     if args.n is not None:
         setting = replace(setting, n_unlabelled=args.n)
     threads = choose_threads(args.threads)
@@ -672,9 +706,16 @@ def main() -> None:
     start = time.perf_counter()
     print(
         f"torch {torch.__version__}, {threads} torch thread(s), {os.cpu_count()} CPUs, "
-        f"load average {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}",
+        f"load average {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}, PAD-Net trunk "
+        f"{ARCHS[setting.arch][0]} ({setting.arch})",
         flush=True,
     )
+    if args.breakdowns_only:
+        print(mtal_breakdown(setting)[0])
+        print()
+        print(mc_breakdown(setting)[0])
+        print(f"\ntotal runtime {time.perf_counter() - start:.0f} s (wall)")
+        return
     if args.mc_only:
         print(mc_breakdown(setting)[0])
         print(f"\ntotal runtime {time.perf_counter() - start:.0f} s (wall)")
