@@ -9,8 +9,8 @@ Run (about 4-5 min wall on the shared 2-core CPU at load ~2, more when it is bus
 
 Setting: synthetic scenes, PAD-Net on the tiny CNN (``--arch paper``: the paper configs'
 HRNet-W18 PAD-Net; ``--breakdowns-only``: the per-batch tables alone), CPU, eval batch
-16, the five PASCAL-Context tasks. The pool's scenes are rendered once before timing (dataset
-cache), so times are model + scoring work, not scene rendering.
+16, the five PASCAL-Context tasks. The pool's scenes are rendered once before timing
+(dataset cache), so times are model + scoring work, not scene rendering.
 
 1. Time. Reference = ONE plain inference pass: ``model(image)`` under
    ``torch.inference_mode`` over the same unlabelled images through the same
@@ -343,8 +343,8 @@ def time_table(rows: list[TimeRow], setting: Setting, threads: int) -> str:
     lines = [
         f"Pool scoring time, N = {setting.n_unlabelled} unlabelled + {setting.n_labelled} "
         f"labelled images, {setting.size[0]}×{setting.size[1]}, {len(TASKS)} tasks, PAD-Net "
-        f"{ARCHS[setting.arch][0]}, batch {setting.batch}, CPU, {threads} torch thread(s); ratio = CPU "
-        "seconds / CPU seconds of one plain inference pass over the same unlabelled images "
+        f"{ARCHS[setting.arch][0]}, batch {setting.batch}, CPU, {threads} torch thread(s); "
+        "ratio = CPU seconds / CPU seconds of one plain inference pass over the same unlabelled images "
         "(mean of the passes right before and after that select; wall-clock ratio in "
         "brackets).",
         "",
@@ -710,14 +710,9 @@ def main() -> None:
         f"{ARCHS[setting.arch][0]} ({setting.arch})",
         flush=True,
     )
-    if args.breakdowns_only:
-        print(mtal_breakdown(setting)[0])
-        print()
-        print(mc_breakdown(setting)[0])
-        print(f"\ntotal runtime {time.perf_counter() - start:.0f} s (wall)")
-        return
-    if args.mc_only:
-        print(mc_breakdown(setting)[0])
+    if args.breakdowns_only or args.mc_only:
+        tables = [] if args.mc_only else [mtal_breakdown(setting)[0]]
+        print("\n\n".join([*tables, mc_breakdown(setting)[0]]))
         print(f"\ntotal runtime {time.perf_counter() - start:.0f} s (wall)")
         return
     rows = bench_time(setting)
