@@ -299,8 +299,8 @@ def test_mtal_full_score_is_diversity_times_max_task_score(monkeypatch) -> None:
     model = TableModel(final, committee, features=feats)
     seen = {}
 
-    def fake_div(strat, ctx, f_unl, f_lab, channels, seed):
-        seen.update(unl=f_unl.shape, lab=f_lab.shape, channels=channels)
+    def fake_div(strat, ctx, feats, n_lab, channels, seed):
+        seen.update(feats=feats.shape, n_lab=n_lab, channels=channels)
         return np.array([4.0, 1.0, 2.0, 0.5])
 
     monkeypatch.setitem(mc.VARIANTS, "full", (True, fake_div))
@@ -312,7 +312,7 @@ def test_mtal_full_score_is_diversity_times_max_task_score(monkeypatch) -> None:
     np.testing.assert_allclose(sel.diagnostics["selected_score"], [4 / 3], rtol=1e-6)
     np.testing.assert_allclose(sel.weights, [[0.25, 1 / 3]], rtol=1e-6)
     # features: two tasks × 2 channels pooled to 2×2 grid, standardised
-    assert seen == {"unl": (4, 4, 2, 2), "lab": (2, 4, 2, 2), "channels": [2, 2]}
+    assert seen == {"feats": (6, 4, 2, 2), "n_lab": 2, "channels": [2, 2]}
 
 
 def test_mtal_diversity_only_uses_no_committee_and_hook(monkeypatch) -> None:
@@ -342,13 +342,17 @@ def test_mtal_diversity_only_uses_no_committee_and_hook(monkeypatch) -> None:
     assert hooked.images.tolist() == plain.images.tolist()
 
 
-def test_ae_distance_is_nearest_code_distance_and_ae_learns() -> None:
+@pytest.mark.parametrize("block", [4096, 4])
+def test_ae_distance_is_nearest_code_distance_and_ae_learns(monkeypatch, block) -> None:
+    """Eq. 3 against cdist of the codes; ``block=4`` streams the 15 candidates' codes
+    and their search in 4 blocks (the last one short) and must give the same distances."""
+    monkeypatch.setattr(mc, "QUERY_BLOCK", block)
     strat = create_strategy("mtal", code_dim=6, ae_hidden=8, ae_epochs=40, ae_batch_size=8)
     g = torch.Generator().manual_seed(0)
     # 12-d features on a 2-d subspace: a 6-d code can reconstruct them
     feats = (torch.randn(20, 2, generator=g) @ torch.randn(2, 12, generator=g)).view(20, 3, 2, 2)
     ctx = make_ctx(TableModel({"a": np.zeros(1)}), 1, ["a"], [])
-    div = mc.ae_distance(strat, ctx, feats[5:], feats[:5], [3], seed=11)
+    div = mc.ae_distance(strat, ctx, feats, 5, [3], seed=11)
     ae, _, hist = train_autoencoder(torch.cat([feats[:5], feats[5:]]), strat.diversity_config, 11)
     codes = encode_all(ae, feats, 8, "cpu")
     ref = torch.cdist(codes[5:].double(), codes[:5].double()).min(dim=1).values.numpy()
@@ -357,12 +361,14 @@ def test_ae_distance_is_nearest_code_distance_and_ae_learns() -> None:
     assert hist[-1] < 0.3 * hist[0]
 
 
-def test_maxst_is_max_of_per_task_distances() -> None:
+@pytest.mark.parametrize("block", [4096, 2])
+def test_maxst_is_max_of_per_task_distances(monkeypatch, block) -> None:
+    monkeypatch.setattr(mc, "QUERY_BLOCK", block)
     rng = np.random.default_rng(4)
     f = torch.as_tensor(rng.normal(size=(9, 5, 1, 1)), dtype=torch.float32)
     strat = create_strategy("mtal", variant="maxst", maxst_normalise=True)
     ctx = make_ctx(TableModel({"a": np.zeros(1)}), 1, ["a"], [])
-    got = mc.maxst_distance(strat, ctx, f[3:], f[:3], [2, 3], seed=0)
+    got = mc.maxst_distance(strat, ctx, f, 3, [2, 3], seed=0)
     x = f.numpy().reshape(9, 5).astype(np.float64)
     per = []
     for sl in (slice(0, 2), slice(2, 5)):
@@ -371,12 +377,13 @@ def test_maxst_is_max_of_per_task_distances() -> None:
     norm = [(d - d.min()) / (d.max() - d.min()) for d in per]
     np.testing.assert_allclose(got, np.max(norm, axis=0), rtol=1e-4, atol=1e-5)
     # the paper's Max-ST (default): the max of the raw per-task distances
-    raw = mc.maxst_distance(create_strategy("mtal", variant="maxst"), ctx, f[3:], f[:3], [2, 3], 0)
+    raw = mc.maxst_distance(create_strategy("mtal", variant="maxst"), ctx, f, 3, [2, 3], 0)
     np.testing.assert_allclose(raw, np.max(per, axis=0), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("fn", [mc.vaal_score, mc.ae_disc_score])
-def test_discriminator_variants_prefer_samples_unlike_the_labelled(fn) -> None:
+def test_discriminator_variants_prefer_samples_unlike_the_labelled(monkeypatch, fn) -> None:
+    monkeypatch.setattr(mc, "QUERY_BLOCK", 5)  # 32 candidates: 7 blocks, the last short
     g = torch.Generator().manual_seed(0)
     lab = torch.randn(16, 2, 2, 2, generator=g) * 0.3 + 2.0
     near = torch.randn(16, 2, 2, 2, generator=g) * 0.3 + 2.0
@@ -385,7 +392,7 @@ def test_discriminator_variants_prefer_samples_unlike_the_labelled(fn) -> None:
         "mtal", code_dim=8, ae_hidden=8, ae_epochs=30, disc_epochs=60, ae_batch_size=16
     )
     ctx = make_ctx(TableModel({"a": np.zeros(1)}), 1, ["a"], [])
-    score = fn(strat, ctx, torch.cat([near, far]), lab, [2], seed=5)
+    score = fn(strat, ctx, torch.cat([lab, near, far]), len(lab), [2], seed=5)
     assert score.shape == (32,)
     if fn is mc.vaal_score:  # 1 − D: a probability
         assert ((score >= 0) & (score <= 1)).all()
@@ -863,6 +870,35 @@ def test_scoring_rows_follow_indices_whatever_order_the_loader_yields() -> None:
     ctx.datamodule.pool_loader = lambda i, with_labels=False: inner(np.r_[i, i[:1]])
     with pytest.raises(RuntimeError, match="or twice"):
         stream_summaries(ctx, idx, summarise)
+
+
+def test_scoring_lead_rows_sit_in_front_of_the_streamed_rows() -> None:
+    """``lead`` rows come first in the same buffer, the streamed rows behind them in
+    ``indices`` order (also for repeated and empty indices); a lead of the wrong shape or
+    for a summary the pass does not produce is an error naming it."""
+    n = 12
+    model = TableModel({"a": np.arange(n, dtype=float)})
+    ctx = make_ctx(model, n, ["a"], [])
+
+    def summarise(batch):
+        v = model(batch["image"]).final["a"].mean(dim=(1, 2, 3))
+        return {"v": torch.stack([v, -v], dim=1), "w": v.unsqueeze(1)}
+
+    lead = torch.tensor([[100.0, 101.0], [102.0, 103.0]], dtype=torch.float64)
+    got = stream_summaries(ctx, np.array([5, 2, 9]), summarise, lead={"v": lead})
+    assert got["v"].dtype == torch.float32
+    np.testing.assert_array_equal(
+        got["v"].numpy(), [[100, 101], [102, 103], [5, -5], [2, -2], [9, -9]]
+    )
+    np.testing.assert_array_equal(got["w"][:, 0].numpy(), [5, 2, 9])  # no lead: as before
+    twice = stream_summaries(ctx, np.array([3, 3]), summarise, lead={"v": lead})
+    np.testing.assert_array_equal(twice["v"][:, 0].numpy(), [100, 102, 3, 3])
+    empty = stream_summaries(ctx, np.array([], dtype=np.int64), summarise, lead={"v": lead})
+    np.testing.assert_array_equal(empty["v"].numpy(), lead.numpy())
+    with pytest.raises(ValueError, match=r"lead rows of 'v' have shape \(3,\)"):
+        stream_summaries(ctx, np.array([1]), summarise, lead={"v": torch.zeros(1, 3)})
+    with pytest.raises(ValueError, match=r"lead rows were given for \['x'\]"):
+        stream_summaries(ctx, np.array([1]), summarise, lead={"x": torch.zeros(1, 2)})
 
 
 def test_mc_passes_are_seeded_and_leave_global_rng_alone() -> None:

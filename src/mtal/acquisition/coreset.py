@@ -80,25 +80,23 @@ class CoreSet(Strategy):
         unl = np.asarray(ctx.pool.unlabelled_images(), dtype=np.int64)
         lab = np.asarray(ctx.pool.labelled_images(), dtype=np.int64)
         used = self.features
+        # labelled rows first: the unlabelled pass writes behind them in one float32
+        # [labelled; unlabelled] buffer, the pool's rows held once (issue 16.6)
+        lead: dict[str, torch.Tensor] = {}
         if self.features == "embedding":
             summarise = embedding_summary(ctx)
-            f_lab = labelled_features(ctx, lab, summarise, "embedding")
-            f_unl = stream_summaries(ctx, unl, summarise)["embedding"]
+            if len(lab):
+                lead["embedding"] = labelled_features(ctx, lab, summarise, "embedding")
+            got = stream_summaries(ctx, unl, summarise, lead=lead)
         else:
             summarise = fused_summary(ctx, self.grid)
-            got_lab = stream_summaries(ctx, lab, summarise)
-            got = stream_summaries(ctx, unl, summarise)
-            f_lab, f_unl = got_lab.get("embedding", torch.zeros(0, 0)), got["embedding"]
+            if len(lab):
+                lead["embedding"] = stream_summaries(ctx, lab, summarise)["embedding"]
+            got = stream_summaries(ctx, unl, summarise, lead=lead)
             if not bool(got["fused"].all()):
                 used = "embedding (the model returns no extras['fused'])"
-        if len(lab) == 0:
-            f_lab = f_unl.new_zeros((0, f_unl.shape[1]))
-        # one float32 (labelled + unlabelled) buffer: the pool's rows are copied once,
-        # not concatenated and then cast (issue 16.6)
-        features = np.empty((len(lab) + len(unl), f_unl.shape[1]), dtype=np.float32)
-        features[: len(lab)] = f_lab.numpy()
-        features[len(lab) :] = f_unl.numpy()
-        del f_lab, f_unl
+        lead.clear()
+        features = got.pop("embedding").numpy()
         mask = np.zeros(len(features), dtype=bool)
         mask[: len(lab)] = True
         picked = np.asarray(

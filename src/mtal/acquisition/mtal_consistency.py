@@ -12,6 +12,7 @@ from mtal.acquisition import STRATEGIES
 from mtal.acquisition.base import AcquisitionContext, Selection, Strategy, minmax
 from mtal.acquisition.diversity import (
     DiversityConfig,
+    FeatureAutoEncoder,
     encode_all,
     labelled_probability,
     pooled_task_features,
@@ -25,11 +26,16 @@ from mtal.acquisition.scoring import (
     stream_summaries,
 )
 
-#: diversity(strategy, ctx, feats_unlabelled, feats_labelled, channels, seed) -> [n_unlabelled]
-#: feats are standardised ``[n, ΣC_t, g, g]``; ``channels`` the per-task channel counts
+#: diversity(strategy, ctx, feats, n_labelled, channels, seed) -> [n_unlabelled]; ``feats``
+#: is one standardised ``[n_labelled + n_unlabelled, ΣC_t, g, g]`` buffer, labelled rows
+#: first (one copy of the pool's features, issue 16.6); ``channels`` the per-task counts
 DiversityFn = Callable[
-    ["MTALStrategy", AcquisitionContext, torch.Tensor, torch.Tensor, list[int], int], np.ndarray
+    ["MTALStrategy", AcquisitionContext, torch.Tensor, int, list[int], int], np.ndarray
 ]
+
+#: queries per block of the streamed encode + nearest-code search: faiss's own query block
+#: (``distance_compute_blas_query_bs``), so codes of at most this many candidates exist at once
+QUERY_BLOCK = 4096
 
 
 def accepts_refine(model: torch.nn.Module) -> bool:
@@ -39,36 +45,67 @@ def accepts_refine(model: torch.nn.Module) -> bool:
 
 
 def _nearest(queries: torch.Tensor, keys: torch.Tensor) -> np.ndarray:
+    """Distance of each query row to its nearest key row (exact float32 search), the
+    queries taken in blocks of :data:`QUERY_BLOCK` so a strided view is never copied whole."""
     from mtal.search import nearest_distance
 
-    q = np.ascontiguousarray(queries.flatten(1).numpy(), dtype=np.float32)
     k = np.ascontiguousarray(keys.flatten(1).numpy(), dtype=np.float32)
-    return np.asarray(nearest_distance(q, k), dtype=np.float64).reshape(-1)
+    out = np.empty(len(queries), dtype=np.float64)
+    for start in range(0, len(queries), QUERY_BLOCK):
+        block = queries[start : start + QUERY_BLOCK].flatten(1).numpy()
+        q = np.ascontiguousarray(block, dtype=np.float32)
+        out[start : start + len(q)] = np.asarray(nearest_distance(q, k)).reshape(-1)
+    return out
+
+
+def _code_distance(
+    ae: FeatureAutoEncoder,
+    feats: torch.Tensor,
+    n_lab: int,
+    cfg: DiversityConfig,
+    device: torch.device | str,
+) -> np.ndarray:
+    """Eq. 3: ``min_{l∈L} ‖z(x) − z(l)‖₂`` for every unlabelled row of ``feats``; the
+    candidates' codes are encoded and searched one :data:`QUERY_BLOCK` at a time."""
+    z_lab = encode_all(ae, feats[:n_lab], cfg.batch_size, device)
+    n_unl = len(feats) - n_lab
+    out = np.empty(n_unl, dtype=np.float64)
+    for start in range(0, n_unl, QUERY_BLOCK):
+        rows = feats[n_lab + start : n_lab + min(start + QUERY_BLOCK, n_unl)]
+        out[start : start + len(rows)] = _nearest(
+            encode_all(ae, rows, cfg.batch_size, device), z_lab
+        )
+    return out
+
+
+def _labelled_mask(n: int, n_lab: int) -> torch.Tensor:
+    """``[n]`` 0/1 targets of the discriminator: the first ``n_lab`` rows are labelled."""
+    is_lab = torch.zeros(n)
+    is_lab[:n_lab] = 1.0
+    return is_lab
 
 
 def ae_distance(
     strat: MTALStrategy,
     ctx: AcquisitionContext,
-    f_unl: torch.Tensor,
-    f_lab: torch.Tensor,
+    feats: torch.Tensor,
+    n_lab: int,
     channels: list[int],
     seed: int,
 ) -> np.ndarray:
-    """``div(x) = min_{l∈L} ‖z(x) − z(l)‖₂`` with ``z`` the auto-encoder code, the AE
-    trained on labelled + unlabelled features."""
+    """WACV24 Eq. 3: ``div(x) = min_{l∈L} ‖z(x) − z(l)‖₂`` with ``z`` the auto-encoder
+    code, the AE trained on labelled + unlabelled features."""
     cfg = strat.diversity_config
-    ae, _, hist = train_autoencoder(torch.cat([f_lab, f_unl]), cfg, seed, ctx.device)
+    ae, _, hist = train_autoencoder(feats, cfg, seed, ctx.device)
     strat.last_diagnostics["ae_loss"] = hist
-    z_unl = encode_all(ae, f_unl, cfg.batch_size, ctx.device)
-    z_lab = encode_all(ae, f_lab, cfg.batch_size, ctx.device)
-    return _nearest(z_unl, z_lab)
+    return _code_distance(ae, feats, n_lab, cfg, ctx.device)
 
 
 def maxst_distance(
     strat: MTALStrategy,
     ctx: AcquisitionContext,
-    f_unl: torch.Tensor,
-    f_lab: torch.Tensor,
+    feats: torch.Tensor,
+    n_lab: int,
     channels: list[int],
     seed: int,
 ) -> np.ndarray:
@@ -79,7 +116,8 @@ def maxst_distance(
     per_task = []
     start = 0
     for c in channels:
-        per_task.append(_nearest(f_unl[:, start : start + c], f_lab[:, start : start + c]))
+        task = feats[:, start : start + c]
+        per_task.append(_nearest(task[n_lab:], task[:n_lab]))
         start += c
     stacked = np.stack(per_task, axis=1)
     if strat.maxst_normalise:
@@ -90,8 +128,8 @@ def maxst_distance(
 def vaal_score(
     strat: MTALStrategy,
     ctx: AcquisitionContext,
-    f_unl: torch.Tensor,
-    f_lab: torch.Tensor,
+    feats: torch.Tensor,
+    n_lab: int,
     channels: list[int],
     seed: int,
 ) -> np.ndarray:
@@ -100,22 +138,27 @@ def vaal_score(
     adversarially (the VAE adds ``adv_weight``·BCE(D(μ), labelled) for every sample);
     ``div(x) = 1 − D(μ(x))``, the discriminator's probability that x is unlabelled."""
     cfg = strat.diversity_config
-    feats = torch.cat([f_lab, f_unl])
-    is_lab = torch.cat([torch.ones(len(f_lab)), torch.zeros(len(f_unl))])
+    is_lab = _labelled_mask(len(feats), n_lab)
     vae, disc, hist = train_autoencoder(
         feats, cfg, seed, ctx.device, is_labelled=is_lab, variational=True
     )
     assert disc is not None
     strat.last_diagnostics["ae_loss"] = hist
-    codes = encode_all(vae, f_unl, cfg.batch_size, ctx.device)
-    return 1.0 - labelled_probability(disc, codes, cfg.batch_size, ctx.device).numpy()
+    n_unl = len(feats) - n_lab
+    out = np.empty(n_unl, dtype=np.float64)
+    for start in range(0, n_unl, QUERY_BLOCK):
+        rows = feats[n_lab + start : n_lab + min(start + QUERY_BLOCK, n_unl)]
+        codes = encode_all(vae, rows, cfg.batch_size, ctx.device)
+        p_lab = labelled_probability(disc, codes, cfg.batch_size, ctx.device).numpy()
+        out[start : start + len(rows)] = 1.0 - p_lab
+    return out
 
 
 def ae_disc_score(
     strat: MTALStrategy,
     ctx: AcquisitionContext,
-    f_unl: torch.Tensor,
-    f_lab: torch.Tensor,
+    feats: torch.Tensor,
+    n_lab: int,
     channels: list[int],
     seed: int,
 ) -> np.ndarray:
@@ -123,14 +166,11 @@ def ae_disc_score(
     term of a jointly trained discriminator (reconstruction + ``adv_weight``·BCE(D(z), 1));
     ``div(x)`` is still Eq. 3, the distance of x's code to the nearest labelled code."""
     cfg = strat.diversity_config
-    feats = torch.cat([f_lab, f_unl])
-    is_lab = torch.cat([torch.ones(len(f_lab)), torch.zeros(len(f_unl))])
+    is_lab = _labelled_mask(len(feats), n_lab)
     ae, disc, hist = train_autoencoder(feats, cfg, seed, ctx.device, is_labelled=is_lab)
     assert disc is not None
     strat.last_diagnostics["ae_loss"] = hist
-    z_unl = encode_all(ae, f_unl, cfg.batch_size, ctx.device)
-    z_lab = encode_all(ae, f_lab, cfg.batch_size, ctx.device)
-    return _nearest(z_unl, z_lab)
+    return _code_distance(ae, feats, n_lab, cfg, ctx.device)
 
 
 # --------------------------------------------------------------------------- sample weights
@@ -477,7 +517,12 @@ class MTALStrategy(Strategy):
 
         unl = np.asarray(ctx.pool.unlabelled_images(), dtype=np.int64)
         lab = np.asarray(ctx.pool.labelled_images(), dtype=np.int64)
-        got = stream_summaries(ctx, unl, summarise_unl)
+        # labelled features first: the unlabelled pass then writes its rows behind them in
+        # one [labelled; unlabelled] buffer, one copy of the pool's features (issue 16.6)
+        lead = {}
+        if diversity is not None and len(lab):
+            lead["feat"] = labelled_features(ctx, lab, summarise_lab, "feat")
+        got = stream_summaries(ctx, unl, summarise_unl, lead=lead)
         score = np.ones(len(unl))
         s_k = s_w = None
         if use_incons:
@@ -491,17 +536,13 @@ class MTALStrategy(Strategy):
             ]
         if diversity is not None:
             div = np.ones(len(unl))
-            if len(lab):
-                f_lab = labelled_features(ctx, lab, summarise_lab, "feat")
-                # one (labelled + unlabelled) buffer, standardised in place: two copies of
-                # the pool's feature rows at the peak, one after (issue 16.6)
-                feats = torch.empty((len(lab) + len(unl), f_lab.shape[1]), dtype=f_lab.dtype)
-                feats[: len(lab)] = f_lab
-                feats[len(lab) :] = got.pop("feat")
-                del f_lab
+            if lead:
+                n_lab = len(lead.pop("feat"))
+                feats = got.pop("feat")
                 feats = standardise(feats.view(len(feats), -1, grid, grid), inplace=True)
                 seed = int(rng.integers(2**31 - 2))
-                div = diversity(self, ctx, feats[len(lab) :], feats[: len(lab)], channels, seed)
+                div = diversity(self, ctx, feats, n_lab, channels, seed)
+                del feats
             score = score * div
             self.last_diagnostics["diversity_range"] = [float(div.min()), float(div.max())]
         sel = self.image_selection(ctx, unl, score, count, rng, task_scores=s_k, weights=s_w)

@@ -77,6 +77,7 @@ def stream_summaries(
     max_values_per_sample: int = MAX_VALUES_PER_SAMPLE,
     seed: int | None = None,
     sharded: bool = True,
+    lead: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Run ``summarise(batch)`` over ``datamodule.pool_loader(indices)`` in inference mode.
 
@@ -86,9 +87,26 @@ def stream_summaries(
     gets its previous mode back afterwards. ``seed`` seeds torch's RNG for the pass
     (MC dropout) without disturbing the global state. Under DDP (``sharded``) each rank
     scores its whole-batch share and the summaries of all ranks come back in order
-    (:func:`mtal.distributed.sharded_summaries`).
+    (:func:`mtal.distributed.sharded_summaries`). ``lead`` maps a summary name to rows
+    that come *before* the streamed rows of that name in the same buffer: a caller that
+    needs ``[lead; streamed]`` (MTAL's labelled + unlabelled features) gets it without a
+    second copy of the pool's rows (issue 16.6).
     """
     indices = np.asarray(indices, dtype=np.int64)
+    lead = dict(lead or {})
+    if lead and (indices.size == 0 or (sharded and distributed.world_size() > 1)):
+        # no single buffer to share: stream, then prepend (the streamed rows are one shard
+        # gathered from every rank, or nothing)
+        got = stream_summaries(
+            ctx,
+            indices,
+            summarise,
+            with_labels=with_labels,
+            max_values_per_sample=max_values_per_sample,
+            seed=seed,
+            sharded=sharded,
+        )
+        return _prepend(lead, got)
     if indices.size == 0:
         return {}
     # -- DDP: shard the pass across ranks, gather the summaries (issue 16 part 3) --
@@ -113,7 +131,7 @@ def stream_summaries(
         )
         at = {int(i): r for r, i in enumerate(unique)}
         take = torch.as_tensor([at[int(i)] for i in indices], dtype=torch.int64)
-        return {key: value[take] for key, value in once.items()}
+        return _prepend(lead, {key: value[take] for key, value in once.items()})
     # one preallocated float32 buffer per summary, rows written where the index belongs:
     # peak memory is one copy of the summaries (no per-batch list, concatenation and
     # reorder copies); numpy buffers, so the result is a plain tensor (trainable)
@@ -150,8 +168,9 @@ def stream_summaries(
                         "batch so memory does not grow with the pool's pixels"
                     )
                 if key not in buffers:
-                    buffers[key] = np.empty((len(indices), *value.shape[1:]), dtype=np.float32)
-                buffers[key][rows] = value.detach().to("cpu", torch.float32).numpy()
+                    buffers[key] = _allocate(key, lead.get(key), len(indices), value.shape[1:])
+                at = rows + (len(lead[key]) if key in lead else 0)
+                buffers[key][at] = value.detach().to("cpu", torch.float32).numpy()
     if not filled.all():
         missing = indices[~filled]
         raise RuntimeError(
@@ -159,7 +178,41 @@ def stream_summaries(
             f"(missing e.g. {missing[:5].tolist()}); ActiveDataModule.pool_loader must yield "
             "each index once"
         )
+    unused = sorted(set(lead) - set(buffers))
+    if unused:
+        raise ValueError(
+            f"stream_summaries: lead rows were given for {unused} but summarise returned "
+            f"only {sorted(buffers)}; lead keys must be summaries the pass produces"
+        )
     return {key: torch.from_numpy(buf) for key, buf in buffers.items()}
+
+
+def _allocate(
+    key: str, lead: torch.Tensor | None, rows: int, shape: tuple[int, ...] | torch.Size
+) -> np.ndarray:
+    """One float32 buffer for ``rows`` streamed rows of ``shape``, with ``lead``'s rows
+    already written in front of them."""
+    if lead is None:
+        return np.empty((rows, *shape), dtype=np.float32)
+    if tuple(lead.shape[1:]) != tuple(shape):
+        raise ValueError(
+            f"stream_summaries: lead rows of {key!r} have shape {tuple(lead.shape[1:])} but "
+            f"the pass returns {tuple(shape)} per sample; both must come from the same model"
+        )
+    buf = np.empty((len(lead) + rows, *shape), dtype=np.float32)
+    buf[: len(lead)] = lead.detach().to("cpu", torch.float32).numpy()
+    return buf
+
+
+def _prepend(
+    lead: Mapping[str, torch.Tensor], got: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """``got`` with ``lead``'s rows concatenated in front of the summaries they name."""
+    out = dict(got)
+    for key, rows in lead.items():
+        rows = rows.detach().to("cpu", torch.float32)
+        out[key] = torch.cat([rows, got[key]]) if key in got else rows
+    return out
 
 
 def forward(ctx: AcquisitionContext, batch: Mapping[str, Any], **kwargs: Any) -> Any:
