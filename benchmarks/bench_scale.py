@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import hashlib
 import multiprocessing
 import os
 import resource
@@ -162,6 +163,8 @@ def worker(case: Case, n: int, size: tuple[int, int], batch: int, threads: int) 
         "peak": maxrss_after - rss_before,
         "above_earlier_peak": maxrss_after > maxrss_before,
         "picked": len(sel.images),
+        # a digest of the picks, in order: two commits' rows select the same images iff equal
+        "picks": hashlib.sha1(np.asarray(sel.images, dtype=np.int64).tobytes()).hexdigest()[:10],
     }
 
 
@@ -182,7 +185,7 @@ def run(
             results.append((case, n, res))
             print(
                 f"  {case.label} N={n}: {res['wall']:.1f} s wall ({res['cpu']:.1f} CPU-s), "
-                f"peak +{res['peak'] / 2**20:.1f} MiB",
+                f"peak +{res['peak'] / 2**20:.1f} MiB, picks sha1 {res['picks']}",
                 flush=True,
             )
     return results
@@ -199,8 +202,9 @@ def table(
         f"{len(TASKS)} tasks, 10 % labelled, budget 5 % of the pool; per 1k = per 1000 pool "
         "images (labelled + unlabelled).",
         "",
-        "| strategy | pool | wall s | wall s per 1k | CPU s per 1k | peak RSS increase (MiB) |",
-        "|---|---|---|---|---|---|",
+        "| strategy | pool | wall s | wall s per 1k | CPU s per 1k | peak RSS increase (MiB) "
+        "| picks sha1 |",
+        "|---|---|---|---|---|---|---|",
     ]
     summary = []
     for case in cases:
@@ -210,7 +214,7 @@ def table(
             flag = "" if r["above_earlier_peak"] else " (≤; below an earlier peak)"
             lines.append(
                 f"| {case.label} | {n} | {r['wall']:.1f} | {r['wall'] / n * 1e3:.2f} | "
-                f"{r['cpu'] / n * 1e3:.2f} | {r['peak'] / mib:.1f}{flag} |"
+                f"{r['cpu'] / n * 1e3:.2f} | {r['peak'] / mib:.1f}{flag} | {r['picks']} |"
             )
         lo, hi = mine[sizes[0]], mine[sizes[-1]]
         per_k = (hi["wall"] / sizes[-1]) / (lo["wall"] / sizes[0])
