@@ -299,8 +299,8 @@ def _gemm_running_min(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
     faiss = _faiss()
     dim = x.shape[1]
     mu = x.mean(axis=0, dtype=np.float64).astype(np.float32)
-    cx = x[centres]
-    cc = cx - mu
+    cc = x[centres]  # the one L×d copy: centred in place, rows gathered from x below
+    cc -= mu
     nc = np.einsum("ij,ij->i", cc, cc, dtype=np.float64)
     ncmax = float(nc.max())
     out = np.empty(x.shape[0], dtype=np.float32)
@@ -318,12 +318,12 @@ def _gemm_running_min(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
         arg = dist.argmin(axis=1)
         low = dist[np.arange(len(xb)), arg]
         slack = 4.0 * (dim + 8) * _U32 * (nx + ncmax)  # 2·a_i
-        diff = xb - cx[arg]
+        diff = xb - x[centres[arg]]
         out[s : s + len(xb)] = np.einsum("ij,ij->i", diff, diff)  # float32, exact differences
         near_counts = (dist <= (low + slack)[:, None]).sum(axis=1)
         for r in np.flatnonzero(near_counts > 1):  # several centres may be the nearest
             near = np.flatnonzero(dist[r] <= low[r] + slack[r])
-            out[s + r] = _direct_sq(faiss, xb[r], np.ascontiguousarray(cx[near]), scratch).min()
+            out[s + r] = _direct_sq(faiss, xb[r], x[centres[near]], scratch).min()
     return out
 
 
@@ -332,10 +332,9 @@ class _ExactScores:
     computes it, cached per point with the number of centres it covers: a point that is a
     near-tie candidate again after more picks is re-scored against the new centres only."""
 
-    def __init__(self, x: np.ndarray, centres32: np.ndarray, centres64: np.ndarray) -> None:
+    def __init__(self, x: np.ndarray, centres32: np.ndarray) -> None:
         self.x = x
         self.centres32 = centres32
-        self.centres64 = centres64
         self.value = np.full(x.shape[0], np.inf)
         self.upto = np.zeros(x.shape[0], dtype=np.int64)
         self.rtol = _direct_rtol(x.shape[1])
@@ -353,7 +352,9 @@ class _ExactScores:
                 faiss = _faiss()
                 d32 = _direct_sq(faiss, self.x[j], self.centres32[start:count], self.scratch)
                 rows = start + np.flatnonzero(d32 <= float(d32.min()) * (1.0 + self.rtol))
-            new = cdist(q64, self.centres64[rows], "sqeuclidean").min()
+            # float32 → float64 is exact: the rows cast on demand equal a float64 copy of the
+            # centres, which k-center would otherwise hold (L + budget rows × d × 8 bytes)
+            new = cdist(q64, self.centres32[rows].astype(np.float64), "sqeuclidean").min()
             self.value[j] = min(self.value[j], float(new))
             self.upto[j] = count
         return float(self.value[j])
@@ -545,20 +546,18 @@ def k_center_greedy(
 
     state = SEARCH_BACKENDS.get(name)(device).running_min(x)
     centres = np.flatnonzero(mask)
-    # float32/float64 copies of the centre rows, grown as picks are made (near-tie re-scoring)
+    # contiguous float32 copies of the centre rows, grown as picks are made (near-tie
+    # re-scoring casts the few rows it needs to float64)
     centres32 = np.empty((len(centres) + budget, x.shape[1]), dtype=np.float32)
     centres32[: len(centres)] = x[centres]
-    centres64 = np.empty((len(centres) + budget, x.shape[1]), dtype=np.float64)
-    centres64[: len(centres)] = centres32[: len(centres)]
     count = len(centres)
     picks: list[int] = []
-    exact = _ExactScores(x, centres32, centres64)
+    exact = _ExactScores(x, centres32)
 
     def take(j: int) -> None:
         nonlocal count
         picks.append(j)
         centres32[count] = x[j]
-        centres64[count] = x[j]
         count += 1
         state.update(j)
         state.exclude(np.array([j]))
