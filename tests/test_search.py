@@ -257,3 +257,49 @@ def test_device_cpu_forces_cpu_and_cuda_is_checked() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="sees no CUDA GPU"):
             search.nearest_distance(x, x, device="cuda")
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e3, -1e4])
+def test_gemm_hint_bounds_every_other_centre(offset: float) -> None:
+    """``with_hint``: the named centre is the float64 nearest wherever the bound is finite,
+    and bound·(1 − rtol) never exceeds the exact distance to any other centre."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(300, 16))
+    if offset < 0:
+        x[::2, 0] += offset
+    x = (abs(offset) + x).astype(np.float32)
+    centres = rng.choice(300, size=40, replace=False)
+    x[7] = ((x[centres[0]].astype(np.float64) + x[centres[1]]) / 2).astype(np.float32)
+    value, nearest, others = search._gemm_running_min(x, centres, with_hint=True)
+    np.testing.assert_array_equal(value, search._gemm_running_min(x, centres))
+    x64 = x.astype(np.float64)
+    d = ((x64[:, None, :] - x64[centres][None, :, :]) ** 2).sum(-1)
+    bound = others.astype(np.float64) * (1 - search._direct_rtol(16))
+    for i in range(len(x)):
+        rest = d[i][centres != nearest[i]]
+        assert (bound[i] <= rest).all()
+        if np.isfinite(bound[i]):
+            assert d[i][centres == nearest[i]][0] == d[i].min()
+    if offset >= 0:  # one cluster (two far clusters: the GEMM slack exceeds every gap)
+        assert np.isfinite(bound).mean() > 0.5  # the hint serves most points
+        assert np.isneginf(others[7])  # x[7] sits between two centres: no hint
+
+
+def test_k_center_hint_proves_only_what_float64_agrees_with() -> None:
+    """A point whose two nearest centres are equal in float32 (1 vs 1 + 2^-40) gets no
+    proof from the running-min hint and is re-scored in float64 (exact value 1, the other
+    centre's); a well-separated point is proved with one float64 row."""
+    a, c1, c2, f, c3 = 0, 1, 2, 3, 4
+    x = np.array([[0, 0], [1, 0], [1, 2.0**-20], [15, 0], [20, 0]], dtype=np.float32)
+    state = search._FaissRunningMin(x)
+    for c in (c2, c1, c3):  # c2 first: its float32 tie with c1 keeps it as a's centre
+        state.update(c)
+    assert state.arg[a] == c2
+    centres32 = x[[c2, c1, c3]].copy()
+    exact = search._ExactScores(x, centres32, state.nearest_hint)
+    exact._hinted(np.array([a, f]), 3)
+    assert exact.upto[a] == 0  # not proved
+    assert exact.upto[f] == 3 and exact.value[f] == 25.0  # proved: c3, one row
+    assert exact.score(a, 3) == 1.0  # the float64 re-score finds c1
+    plain = search._ExactScores(x, centres32)
+    assert [plain.score(i, 3) for i in (a, f)] == [1.0, 25.0]

@@ -19,6 +19,7 @@ thread. Call ``set_faiss_threads(1)`` in a ``worker_init_fn`` to make it explici
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -241,6 +242,11 @@ class _FaissRunningMin:
         self.res = _faiss_gpu_resources(self.faiss, device)
         self.rtol = _direct_rtol(x.shape[1])
         self.atol = 0.0
+        # CPU: per point, the centre of its running min and a lower bound (in float32-value
+        # units, see nearest_hint) on its distance to every other centre
+        self.arg = np.full(x.shape[0], -1, dtype=np.int64)
+        self.others = np.full(x.shape[0], np.inf, dtype=np.float32)
+        self.closer = np.empty(x.shape[0], dtype=bool)
         if self.res is not None:
             # ||x||² − 2x·c + ||c||² errs by ≈ (d+3)·u·(||x||² + ||c||²) absolute
             self.atol = (
@@ -253,18 +259,42 @@ class _FaissRunningMin:
             self.faiss.fvec_L2sqr_ny(
                 sp(self.buf), sp(self.x[j]), sp(self.x), self.x.shape[1], self.x.shape[0]
             )
-        else:
-            self.buf[:] = np.maximum(
-                self.faiss.pairwise_distance_gpu(self.res, self.x[j : j + 1], self.x)[0], 0
-            )
+            self._merge(self.buf, j, None)
+            return
+        self.buf[:] = np.maximum(
+            self.faiss.pairwise_distance_gpu(self.res, self.x[j : j + 1], self.x)[0], 0
+        )
         np.minimum(self.rmin, self.buf, out=self.rmin)
+
+    def _merge(self, value: np.ndarray, arg: int | np.ndarray, others: np.ndarray | None) -> None:
+        """Running min with new exact-difference values (centre ``arg``): the centre that
+        loses (old or new) joins the others' bound, as do ``others`` (the new batch's)."""
+        np.less(value, self.rmin, out=self.closer)
+        np.minimum(self.others, np.maximum(self.rmin, value), out=self.others)
+        if others is not None:
+            np.minimum(self.others, others, out=self.others)
+        if isinstance(arg, np.ndarray):
+            np.copyto(self.arg, arg, where=self.closer)
+        else:
+            np.putmask(self.arg, self.closer, arg)
+        np.minimum(self.rmin, value, out=self.rmin)
 
     def init(self, centres: np.ndarray) -> None:
         if self.res is None and len(centres):  # CPU: one float32 GEMM, then exact refinement
-            np.minimum(self.rmin, _gemm_running_min(self.x, centres), out=self.rmin)
+            value, arg, others = _gemm_running_min(self.x, centres, with_hint=True)
+            self._merge(value, arg, others)
             return
         for c in centres:
             self.update(int(c))
+
+    def nearest_hint(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """Per point of ``idx``: the point index of its running-min centre (−1: none yet)
+        and a lower bound on its exact squared distance to every other centre; None on the
+        GPU (norm-expansion distances carry no relative bound). Every stored value v is a
+        float32 exact-difference distance or bound with exact ≥ v·(1 − rtol)."""
+        if self.res is not None:
+            return None
+        return self.arg[idx], self.others[idx].astype(np.float64) * (1.0 - self.rtol)
 
     def exclude(self, idx: np.ndarray) -> None:
         self.rmin[idx] = -np.inf
@@ -285,7 +315,7 @@ def _direct_sq(faiss: Any, q: np.ndarray, keys: np.ndarray, out: np.ndarray) -> 
     return buf
 
 
-def _gemm_running_min(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
+def _gemm_running_min(x: np.ndarray, centres: np.ndarray, *, with_hint: bool = False) -> Any:
     """float32 min squared distance of every point to the rows ``centres`` of ``x``, with
     the relative error of the exact-difference form (≤ (d+2)·u), at GEMM speed.
 
@@ -295,6 +325,9 @@ def _gemm_running_min(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
     combination); every centre within ``2·a_i`` of a point's GEMM minimum may be its true
     nearest, so the point's value is re-computed by exact differences to those centres
     (usually one). The result therefore carries the same guarantee as per-centre passes.
+    ``with_hint`` returns ``(min, nearest, others)`` instead: per point also the point index
+    of its nearest centre and a float32 v with exact ≥ v·(1 − rtol) for every other centre
+    ((second GEMM value − a_i), rounded down; −inf where several centres were near).
     """
     faiss = _faiss()
     dim = x.shape[1]
@@ -305,6 +338,8 @@ def _gemm_running_min(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
     ncmax = float(nc.max())
     out = np.empty(x.shape[0], dtype=np.float32)
     scratch = np.empty(len(centres), dtype=np.float32)
+    nearest = np.empty(x.shape[0], dtype=np.int64) if with_hint else None
+    others = np.empty(x.shape[0], dtype=np.float64) if with_hint else None
     # rows per block: the rows×L distance block stays ≤ 8 MiB (float64) whatever N and L
     rows = max(1, min(x.shape[0], _GEMM_BLOCK_ELEMS // max(1, len(centres))))
     for s in range(0, x.shape[0], rows):
@@ -321,10 +356,23 @@ def _gemm_running_min(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
         diff = xb - x[centres[arg]]
         out[s : s + len(xb)] = np.einsum("ij,ij->i", diff, diff)  # float32, exact differences
         near_counts = (dist <= (low + slack)[:, None]).sum(axis=1)
-        for r in np.flatnonzero(near_counts > 1):  # several centres may be the nearest
+        several = np.flatnonzero(near_counts > 1)
+        for r in several:  # several centres may be the nearest
             near = np.flatnonzero(dist[r] <= low[r] + slack[r])
             out[s + r] = _direct_sq(faiss, xb[r], x[centres[near]], scratch).min()
-    return out
+        if nearest is not None and others is not None:
+            nearest[s : s + len(xb)] = centres[arg]
+            dist[np.arange(len(xb)), arg] = np.inf
+            others[s : s + len(xb)] = dist.min(axis=1) - slack / 2  # exact ≥ GEMM − a_i
+            others[s + several] = -np.inf
+    if nearest is None or others is None:
+        return out
+    # the units of nearest_hint: v·(1 − rtol) ≤ exact, v rounded towards −inf
+    v64 = others / (1.0 - _direct_rtol(dim))
+    v32 = v64.astype(np.float32)
+    up = v32.astype(np.float64) > v64
+    v32[up] = np.nextafter(v32[up], np.float32(-np.inf))
+    return out, nearest, v32
 
 
 class _ExactScores:
@@ -332,9 +380,18 @@ class _ExactScores:
     computes it, cached per point with the number of centres it covers: a point that is a
     near-tie candidate again after more picks is re-scored against the new centres only."""
 
-    def __init__(self, x: np.ndarray, centres32: np.ndarray) -> None:
+    def __init__(
+        self,
+        x: np.ndarray,
+        centres32: np.ndarray,
+        hint: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray] | None] | None = None,
+    ) -> None:
         self.x = x
         self.centres32 = centres32
+        self.hint = hint
+        # cdist's float64 Σ(x − c)² errs by ≤ (d+2)·2^-53 relative: a hint's bound must
+        # clear the hinted distance by that much
+        self.margin64 = 2.1 * (x.shape[1] + 3) * 2.0**-53
         self.value = np.full(x.shape[0], np.inf)
         self.upto = np.zeros(x.shape[0], dtype=np.int64)
         self.rtol = _direct_rtol(x.shape[1])
@@ -361,8 +418,31 @@ class _ExactScores:
 
     def pick(self, cand: np.ndarray, count: int) -> int:
         """The candidate farthest from its nearest centre; lowest index among exact ties."""
+        self._hinted(cand[self.upto[cand] < count], count)
         best = np.array([self.score(int(j), count) for j in cand])
         return int(cand[int(np.argmax(best))])  # argmax: first (lowest-index) maximum
+
+    def _hinted(self, idx: np.ndarray, count: int) -> None:
+        """Exact values of the points ``idx`` whose running-min centre is provably their
+        nearest (the state's bound on every other centre clears its float64 distance): one
+        float64 row each, all in one ``cdist`` call; the rest stay for :meth:`score`."""
+        hint = self.hint(idx) if self.hint is not None and len(idx) else None
+        if hint is None:
+            return
+        from scipy.spatial.distance import cdist  # float64 direct differences (the reference's)
+
+        centre, bound = hint
+        keep = centre >= 0
+        idx, centre, bound = idx[keep], centre[keep], bound[keep]
+        if not len(idx):
+            return
+        # the diagonal of one k×k call: each entry is the same per-pair loop as a 1×1 call
+        new = np.diagonal(
+            cdist(self.x[idx].astype(np.float64), self.x[centre].astype(np.float64), "sqeuclidean")
+        )
+        proved = bound * (1.0 - self.margin64) >= new
+        self.value[idx[proved]] = np.minimum(self.value[idx[proved]], new[proved])
+        self.upto[idx[proved]] = count
 
 
 # --------------------------------------------------------------------------- backends
@@ -552,7 +632,7 @@ def k_center_greedy(
     centres32[: len(centres)] = x[centres]
     count = len(centres)
     picks: list[int] = []
-    exact = _ExactScores(x, centres32)
+    exact = _ExactScores(x, centres32, getattr(state, "nearest_hint", None))
 
     def take(j: int) -> None:
         nonlocal count
