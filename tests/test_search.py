@@ -212,20 +212,28 @@ def _float64_min(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
     return ((x64[:, None, :] - x64[centres][None, :, :]) ** 2).sum(-1).min(1)
 
 
+def offset_case(
+    offset: float, n: int, d: int, n_centres: int, seed: int, mid: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """float32 points around ``|offset|`` (two clusters ``offset`` apart when negative), a
+    random centre set, and point ``mid`` placed exactly between the first two centres."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d))
+    if offset < 0:
+        x[::2, 0] += offset
+    x = (abs(offset) + x).astype(np.float32)
+    centres = rng.choice(n, size=n_centres, replace=False)
+    x[mid] = ((x[centres[0]].astype(np.float64) + x[centres[1]]) / 2).astype(np.float32)
+    return x, centres
+
+
 @pytest.mark.parametrize("offset", [0.0, 1e3, -1e4])
 def test_gemm_initial_min_has_the_exact_difference_error_bound(offset: float) -> None:
     # a far-off mean breaks a plain norm expansion (centring must fix it); two clusters
     # ±offset apart keep centred norms large, so the GEMM's nearest centre is often wrong
     # and only the exact re-computation over all near centres gives the bound
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(400, 24))
-    if offset < 0:
-        x[::2, 0] += offset
-    x = (abs(offset) + x).astype(np.float32)
-    centres = rng.choice(400, size=60, replace=False)
-    # points exactly between two centres: two candidate nearest centres (the refine branch)
-    mid = ((x[centres[0]].astype(np.float64) + x[centres[1]]) / 2).astype(np.float32)
-    x[5] = mid
+    # x[5] exactly between two centres: two candidate nearest centres (the refine branch)
+    x, centres = offset_case(offset, n=400, d=24, n_centres=60, seed=0, mid=5)
     got = search._gemm_running_min(x, centres).astype(np.float64)
     ref = _float64_min(x, centres)
     bound = search._direct_rtol(x.shape[1]) * ref + 1e-30
@@ -263,13 +271,7 @@ def test_device_cpu_forces_cpu_and_cuda_is_checked() -> None:
 def test_gemm_hint_bounds_every_other_centre(offset: float) -> None:
     """``with_hint``: the named centre is the float64 nearest wherever the bound is finite,
     and bound·(1 − rtol) never exceeds the exact distance to any other centre."""
-    rng = np.random.default_rng(1)
-    x = rng.normal(size=(300, 16))
-    if offset < 0:
-        x[::2, 0] += offset
-    x = (abs(offset) + x).astype(np.float32)
-    centres = rng.choice(300, size=40, replace=False)
-    x[7] = ((x[centres[0]].astype(np.float64) + x[centres[1]]) / 2).astype(np.float32)
+    x, centres = offset_case(offset, n=300, d=16, n_centres=40, seed=1, mid=7)
     value, nearest, others = search._gemm_running_min(x, centres, with_hint=True)
     np.testing.assert_array_equal(value, search._gemm_running_min(x, centres))
     x64 = x.astype(np.float64)
