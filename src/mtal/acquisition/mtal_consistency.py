@@ -519,7 +519,7 @@ class MTALStrategy(Strategy):
         lab = np.asarray(ctx.pool.labelled_images(), dtype=np.int64)
         # labelled features first: the unlabelled pass then writes its rows behind them in
         # one [labelled; unlabelled] buffer, one copy of the pool's features (issue 16.6)
-        lead = {}
+        lead: dict[str, torch.Tensor] = {}
         if diversity is not None and len(lab):
             lead["feat"] = labelled_features(ctx, lab, summarise_lab, "feat")
         got = stream_summaries(ctx, unl, summarise_unl, lead=lead)
