@@ -287,13 +287,14 @@ def test_gemm_hint_bounds_every_other_centre(offset: float) -> None:
         assert np.isneginf(others[7])  # x[7] sits between two centres: no hint
 
 
-def test_k_center_hint_proves_only_what_float64_agrees_with() -> None:
+@pytest.mark.parametrize("state_cls", ["_FaissRunningMin", "_TorchRunningMin"])
+def test_k_center_hint_proves_only_what_float64_agrees_with(state_cls: str) -> None:
     """A point whose two nearest centres are equal in float32 (1 vs 1 + 2^-40) gets no
     proof from the running-min hint and is re-scored in float64 (exact value 1, the other
     centre's); a well-separated point is proved with one float64 row."""
     a, c1, c2, f, c3 = 0, 1, 2, 3, 4
     x = np.array([[0, 0], [1, 0], [1, 2.0**-20], [15, 0], [20, 0]], dtype=np.float32)
-    state = search._FaissRunningMin(x)
+    state = getattr(search, state_cls)(x, "cpu")
     for c in (c2, c1, c3):  # c2 first: its float32 tie with c1 keeps it as a's centre
         state.update(c)
     assert state.arg[a] == c2

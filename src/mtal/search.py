@@ -199,21 +199,47 @@ class _TorchRunningMin:
         self.rtol = _direct_rtol(x.shape[1])
         n = max(1, x.shape[0])
         self.rows = n if self.x.is_cuda else _TORCH_UPDATE_ROWS_CPU
+        # per point: its running-min centre and a bound on every other centre (as faiss's)
+        self.arg = torch.full((x.shape[0],), -1, dtype=torch.int64, device=self.x.device)
+        self.others = torch.full_like(self.rmin, float("inf"))
+        self.buf = torch.empty_like(self.rmin)
 
     def update(self, j: int) -> None:
         c = self.x[j]
-        for s in range(0, self.x.shape[0], self.rows):
-            d = (self.x[s : s + self.rows] - c).square_().sum(dim=1)
-            view = self.rmin[s : s + self.rows]
-            self._torch.minimum(view, d, out=view)
+        for s in range(0, self.x.shape[0], self.rows):  # distances chunk by chunk, in cache
+            sq = (self.x[s : s + self.rows] - c).square_()
+            self._torch.sum(sq, dim=1, out=self.buf[s : s + self.rows])
+        self._merge(slice(None), self.buf, j, None)  # one merge over all points
+
+    def _merge(self, rows: slice, value: Any, arg: Any, others: Any) -> None:
+        """Running min of ``rows`` with exact-difference ``value`` (centre ``arg``); the
+        losing centre and ``others`` join the others' bound (see ``_FaissRunningMin``)."""
+        torch = self._torch
+        rmin, bound, centre = self.rmin[rows], self.others[rows], self.arg[rows]
+        torch.minimum(bound, torch.maximum(rmin, value), out=bound)
+        if others is not None:
+            torch.minimum(bound, others, out=bound)
+        closer = value < rmin
+        if isinstance(arg, int):
+            centre.masked_fill_(closer, arg)
+        else:
+            centre.copy_(torch.where(closer, arg, centre))
+        torch.minimum(rmin, value, out=rmin)
 
     def init(self, centres: np.ndarray) -> None:
         if not self.x.is_cuda and len(centres):  # CPU: one float32 GEMM, then exact refinement
-            rmin = _gemm_running_min(self.x.numpy(), centres)
-            self._torch.minimum(self.rmin, self._torch.from_numpy(rmin), out=self.rmin)
+            value, arg, others = _gemm_running_min(self.x.numpy(), centres, with_hint=True)
+            t = self._torch.from_numpy
+            self._merge(slice(None), t(value), t(arg), t(others))
             return
         for c in centres:  # CUDA: one bandwidth-bound pass per centre on the device
             self.update(int(c))
+
+    def nearest_hint(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """As :meth:`_FaissRunningMin.nearest_hint` (exact-difference values on any device)."""
+        at = self._torch.as_tensor(idx, device=self.rmin.device)
+        bound = self.others[at].cpu().numpy().astype(np.float64) * (1.0 - self.rtol)
+        return self.arg[at].cpu().numpy(), bound
 
     def exclude(self, idx: np.ndarray) -> None:
         self.rmin[self._torch.as_tensor(idx, device=self.rmin.device)] = float("-inf")
