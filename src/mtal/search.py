@@ -624,7 +624,9 @@ def k_center_greedy(
     ``Σ (x − c)²`` (relative error ≤ (d+3)·u, unlike ``‖x‖² − 2x·c + ‖c‖²`` whose error
     scales with ‖x‖² and reorders near-ties). Points whose float32 value is within that
     bound of the max are re-scored in float64 against all centres, so picks equal the
-    float64 brute force, lowest index among exact ties. With no labelled point the first
+    float64 brute force, lowest index among exact ties; a candidate whose running-min
+    centre is provably its nearest (a kept lower bound on every other centre clears its
+    float64 distance) is re-scored with that one row. With no labelled point the first
     centre is ``np.random.default_rng(seed).integers(N)`` (``seed`` is unused otherwise).
     'auto': faiss on CPU (measured faster), torch when CUDA is available; ``device``
     as in :func:`nearest_distance`. The labelled set's initial minimum is one GEMM on CPU.
