@@ -44,18 +44,26 @@ def accepts_refine(model: torch.nn.Module) -> bool:
     return accepts_keyword(getattr(model, "net", None) or model, "refine")
 
 
+def _blockwise(rows: torch.Tensor, fn: Callable[[torch.Tensor], Any]) -> np.ndarray:
+    """``fn`` applied to ``rows`` one :data:`QUERY_BLOCK` at a time, its ``[block]`` results
+    written into one float64 array: nothing N-sized is built from the rows but the result."""
+    out = np.empty(len(rows), dtype=np.float64)
+    for start in range(0, len(rows), QUERY_BLOCK):
+        block = rows[start : start + QUERY_BLOCK]
+        out[start : start + len(block)] = np.asarray(fn(block)).reshape(-1)
+    return out
+
+
 def _nearest(queries: torch.Tensor, keys: torch.Tensor) -> np.ndarray:
     """Distance of each query row to its nearest key row (exact float32 search), the
-    queries taken in blocks of :data:`QUERY_BLOCK` so a strided view is never copied whole."""
+    queries taken in blocks so a strided view is never copied whole."""
     from mtal.search import nearest_distance
 
     k = np.ascontiguousarray(keys.flatten(1).numpy(), dtype=np.float32)
-    out = np.empty(len(queries), dtype=np.float64)
-    for start in range(0, len(queries), QUERY_BLOCK):
-        block = queries[start : start + QUERY_BLOCK].flatten(1).numpy()
-        q = np.ascontiguousarray(block, dtype=np.float32)
-        out[start : start + len(q)] = np.asarray(nearest_distance(q, k)).reshape(-1)
-    return out
+    return _blockwise(
+        queries,
+        lambda q: nearest_distance(np.ascontiguousarray(q.flatten(1).numpy(), np.float32), k),
+    )
 
 
 def _code_distance(
@@ -68,14 +76,9 @@ def _code_distance(
     """Eq. 3: ``min_{l∈L} ‖z(x) − z(l)‖₂`` for every unlabelled row of ``feats``; the
     candidates' codes are encoded and searched one :data:`QUERY_BLOCK` at a time."""
     z_lab = encode_all(ae, feats[:n_lab], cfg.batch_size, device)
-    n_unl = len(feats) - n_lab
-    out = np.empty(n_unl, dtype=np.float64)
-    for start in range(0, n_unl, QUERY_BLOCK):
-        rows = feats[n_lab + start : n_lab + min(start + QUERY_BLOCK, n_unl)]
-        out[start : start + len(rows)] = _nearest(
-            encode_all(ae, rows, cfg.batch_size, device), z_lab
-        )
-    return out
+    return _blockwise(
+        feats[n_lab:], lambda rows: _nearest(encode_all(ae, rows, cfg.batch_size, device), z_lab)
+    )
 
 
 def _labelled_mask(n: int, n_lab: int) -> torch.Tensor:
@@ -144,14 +147,12 @@ def vaal_score(
     )
     assert disc is not None
     strat.last_diagnostics["ae_loss"] = hist
-    n_unl = len(feats) - n_lab
-    out = np.empty(n_unl, dtype=np.float64)
-    for start in range(0, n_unl, QUERY_BLOCK):
-        rows = feats[n_lab + start : n_lab + min(start + QUERY_BLOCK, n_unl)]
+
+    def unlabelled_probability(rows: torch.Tensor) -> np.ndarray:
         codes = encode_all(vae, rows, cfg.batch_size, ctx.device)
-        p_lab = labelled_probability(disc, codes, cfg.batch_size, ctx.device).numpy()
-        out[start : start + len(rows)] = 1.0 - p_lab
-    return out
+        return 1.0 - labelled_probability(disc, codes, cfg.batch_size, ctx.device).numpy()
+
+    return _blockwise(feats[n_lab:], unlabelled_probability)
 
 
 def ae_disc_score(
@@ -523,6 +524,7 @@ class MTALStrategy(Strategy):
         if diversity is not None and len(lab):
             lead["feat"] = labelled_features(ctx, lab, summarise_lab, "feat")
         got = stream_summaries(ctx, unl, summarise_unl, lead=lead)
+        lead.clear()  # the labelled rows live on at the head of got["feat"]
         score = np.ones(len(unl))
         s_k = s_w = None
         if use_incons:
@@ -536,12 +538,11 @@ class MTALStrategy(Strategy):
             ]
         if diversity is not None:
             div = np.ones(len(unl))
-            if lead:
-                n_lab = len(lead.pop("feat"))
+            if len(lab):
                 feats = got.pop("feat")
                 feats = standardise(feats.view(len(feats), -1, grid, grid), inplace=True)
                 seed = int(rng.integers(2**31 - 2))
-                div = diversity(self, ctx, feats, n_lab, channels, seed)
+                div = diversity(self, ctx, feats, len(lab), channels, seed)
                 del feats
             score = score * div
             self.last_diagnostics["diversity_range"] = [float(div.min()), float(div.max())]
