@@ -22,6 +22,15 @@ ONE ``select()`` is timed (wall and process CPU) and its peak memory taken as th
 RSS (``ru_maxrss``) minus the RSS right before it, glibc ``MALLOC_MMAP_THRESHOLD_``
 fixed so RSS follows live memory. The per-1k-image ratio of the large to the small pool
 is the flatness figure (1.0 = time linear in the pool, memory independent of it).
+
+``--summary-store disk`` (or ``both``) runs each row with ``ctx.summary_dir`` set (the
+scoring summaries memory-mapped on unnamed files in a temporary folder under the
+current directory, ``loop.summary_store: disk``). Their pages are file-backed page
+cache, which ``ru_maxrss`` counts but the kernel reclaims under pressure, so every row
+also reports the peak increase of the process's anonymous memory (``RssAnon`` of
+``/proc/self/status``, sampled by a thread every millisecond during ``select()``; a
+spike shorter than the interpreter's 5 ms thread switch can be missed) and of its
+file-backed pages (``RssFile``).
 """
 
 from __future__ import annotations
@@ -32,6 +41,8 @@ import hashlib
 import multiprocessing
 import os
 import resource
+import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -140,10 +151,64 @@ def build(n: int, size: tuple[int, int], batch: int, model_kwargs: dict) -> Acqu
     )
 
 
-def worker(case: Case, n: int, size: tuple[int, int], batch: int, threads: int) -> dict:
-    """In a fresh process: build, warm up, time one ``select`` and take its peak memory."""
+def _status_kib(*fields: str) -> dict[str, int]:
+    """The named ``/proc/self/status`` fields (e.g. ``RssAnon``) in KiB."""
+    out: dict[str, int] = {}
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            key, _, value = line.partition(":")
+            if key in fields:
+                out[key] = int(value.split()[0])
+    return out
+
+
+class PeakSampler:
+    """Peak ``RssAnon`` and ``RssFile`` of this process while the block runs (a thread
+    reads ``/proc/self/status`` every ``interval`` seconds)."""
+
+    FIELDS = ("RssAnon", "RssFile")
+
+    def __init__(self, interval: float = 1e-3) -> None:
+        self.interval = interval
+        self.before = _status_kib(*self.FIELDS)
+        self.peak = dict(self.before)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for key, value in _status_kib(*self.FIELDS).items():
+                self.peak[key] = max(self.peak[key], value)
+            time.sleep(self.interval)
+
+    def __enter__(self) -> PeakSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        for key, value in _status_kib(*self.FIELDS).items():
+            self.peak[key] = max(self.peak[key], value)
+
+    def increase(self, key: str) -> int:
+        """Peak minus the value before the block, in bytes."""
+        return (self.peak[key] - self.before[key]) * 1024
+
+
+def worker(
+    case: Case,
+    n: int,
+    size: tuple[int, int],
+    batch: int,
+    threads: int,
+    summary_dir: str | None = None,
+) -> dict:
+    """In a fresh process: build, warm up, time one ``select`` and take its peak memory
+    (summaries memory-mapped in ``summary_dir`` when given)."""
     torch.set_num_threads(threads)
     ctx = build(n, size, batch, case.model)
+    ctx.summary_dir = summary_dir
     bank = ctx.datamodule.train_dataset.bank
     for i in range(len(bank)):  # render the scene bank once (cached), outside the timing
         bank.load(i, ())
@@ -154,13 +219,16 @@ def worker(case: Case, n: int, size: tuple[int, int], batch: int, threads: int) 
     rss_before = psutil.Process().memory_info().rss
     maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    sel = strategy.select(ctx, budget)
+    with PeakSampler() as sampler:
+        sel = strategy.select(ctx, budget)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     maxrss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {
         "wall": wall,
         "cpu": cpu,
         "peak": maxrss_after - rss_before,
+        "anon": sampler.increase("RssAnon"),
+        "file": sampler.increase("RssFile"),
         "above_earlier_peak": maxrss_after > maxrss_before,
         "picked": len(sel.images),
         # a digest of the picks, in order: two commits' rows select the same images iff equal
@@ -169,30 +237,47 @@ def worker(case: Case, n: int, size: tuple[int, int], batch: int, threads: int) 
 
 
 def run(
-    cases: Sequence[Case], sizes: Sequence[int], size: tuple[int, int], batch: int, threads: int
+    cases: Sequence[Case],
+    sizes: Sequence[int],
+    size: tuple[int, int],
+    batch: int,
+    threads: int,
+    stores: Sequence[str] = ("memory",),
 ) -> list[tuple]:
-    """Every case at every pool size, each in its own fresh process."""
+    """Every case at every pool size and summary store, each in its own fresh process;
+    rows are ``(case, store, n, result)``."""
     os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(MMAP_THRESHOLD))
     mp = multiprocessing.get_context("forkserver")
     mp.set_forkserver_preload(["torch", "mtal.acquisition", "mtal.data.datamodule", "mtal.models"])
     results = []
     for case in cases:
-        for n in sizes:
-            with concurrent.futures.ProcessPoolExecutor(
-                max_workers=1, mp_context=mp, max_tasks_per_child=1
-            ) as pool:
-                res = pool.submit(worker, case, n, size, batch, threads).result()
-            results.append((case, n, res))
-            print(
-                f"  {case.label} N={n}: {res['wall']:.1f} s wall ({res['cpu']:.1f} CPU-s), "
-                f"peak +{res['peak'] / 2**20:.1f} MiB, picks sha1 {res['picks']}",
-                flush=True,
-            )
+        for store in stores:
+            for n in sizes:
+                with (
+                    tempfile.TemporaryDirectory(dir=".", prefix="bench_scale_") as folder,
+                    concurrent.futures.ProcessPoolExecutor(
+                        max_workers=1, mp_context=mp, max_tasks_per_child=1
+                    ) as pool,
+                ):
+                    where = folder if store == "disk" else None
+                    res = pool.submit(worker, case, n, size, batch, threads, where).result()
+                results.append((case, store, n, res))
+                print(
+                    f"  {case.label} [{store}] N={n}: {res['wall']:.1f} s wall "
+                    f"({res['cpu']:.1f} CPU-s), peak +{res['peak'] / 2**20:.1f} MiB "
+                    f"(anonymous +{res['anon'] / 2**20:.1f}, file-backed "
+                    f"+{res['file'] / 2**20:.1f}), picks sha1 {res['picks']}",
+                    flush=True,
+                )
     return results
 
 
 def table(
-    cases: Sequence[Case], results: list[tuple], sizes: Sequence[int], size: tuple[int, int]
+    cases: Sequence[Case],
+    results: list[tuple],
+    sizes: Sequence[int],
+    size: tuple[int, int],
+    stores: Sequence[str] = ("memory",),
 ) -> str:
     """Markdown table: per strategy and pool size, time per 1k images and peak memory,
     and the large/small ratios."""
@@ -202,28 +287,33 @@ def table(
         f"{len(TASKS)} tasks, 10 % labelled, budget 5 % of the pool; per 1k = per 1000 pool "
         "images (labelled + unlabelled).",
         "",
-        "| strategy | pool | wall s | wall s per 1k | CPU s per 1k | peak RSS increase (MiB) "
-        "| picks sha1 |",
-        "|---|---|---|---|---|---|---|",
+        "| strategy | summaries | pool | wall s | wall s per 1k | CPU s per 1k "
+        "| peak RSS increase (MiB) | of it anonymous (MiB) | file-backed (MiB) | picks sha1 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     summary = []
     for case in cases:
-        mine = {n: r for c, n, r in results if c == case}
-        for n in sizes:
-            r = mine[n]
-            flag = "" if r["above_earlier_peak"] else " (≤; below an earlier peak)"
-            lines.append(
-                f"| {case.label} | {n} | {r['wall']:.1f} | {r['wall'] / n * 1e3:.2f} | "
-                f"{r['cpu'] / n * 1e3:.2f} | {r['peak'] / mib:.1f}{flag} | {r['picks']} |"
+        for store in stores:
+            mine = {n: r for c, st, n, r in results if c == case and st == store}
+            for n in sizes:
+                r = mine[n]
+                flag = "" if r["above_earlier_peak"] else " (≤; below an earlier peak)"
+                lines.append(
+                    f"| {case.label} | {store} | {n} | {r['wall']:.1f} | "
+                    f"{r['wall'] / n * 1e3:.2f} | {r['cpu'] / n * 1e3:.2f} | "
+                    f"{r['peak'] / mib:.1f}{flag} | {r['anon'] / mib:.1f} | "
+                    f"{r['file'] / mib:.1f} | {r['picks']} |"
+                )
+            lo, hi = mine[sizes[0]], mine[sizes[-1]]
+            per_k = (hi["wall"] / sizes[-1]) / (lo["wall"] / sizes[0])
+            cpu_k = (hi["cpu"] / sizes[-1]) / (lo["cpu"] / sizes[0])
+            summary.append(
+                f"{case.label} [{store}]: pool ×{sizes[-1] / sizes[0]:.0f} → wall per 1k "
+                f"×{per_k:.2f} (CPU per 1k ×{cpu_k:.2f}), peak RSS "
+                f"×{hi['peak'] / max(lo['peak'], 1):.2f} ({lo['peak'] / mib:.1f} → "
+                f"{hi['peak'] / mib:.1f} MiB), anonymous ×{hi['anon'] / max(lo['anon'], 1):.2f} "
+                f"({lo['anon'] / mib:.1f} → {hi['anon'] / mib:.1f} MiB)"
             )
-        lo, hi = mine[sizes[0]], mine[sizes[-1]]
-        per_k = (hi["wall"] / sizes[-1]) / (lo["wall"] / sizes[0])
-        cpu_k = (hi["cpu"] / sizes[-1]) / (lo["cpu"] / sizes[0])
-        summary.append(
-            f"{case.label}: pool ×{sizes[-1] / sizes[0]:.0f} → wall per 1k ×{per_k:.2f} "
-            f"(CPU per 1k ×{cpu_k:.2f}), peak memory ×{hi['peak'] / max(lo['peak'], 1):.2f} "
-            f"({lo['peak'] / mib:.1f} → {hi['peak'] / mib:.1f} MiB)"
-        )
     return "\n".join(lines + [""] + [f"- {s}" for s in summary])
 
 
@@ -237,7 +327,14 @@ def main() -> None:
     parser.add_argument(
         "--only", nargs="*", default=None, help="strategy names to run (default: all)"
     )
+    parser.add_argument(
+        "--summary-store",
+        choices=("memory", "disk", "both"),
+        default="memory",
+        help="scoring summaries in memory, memory-mapped on disk (loop.summary_store), or both",
+    )
     args = parser.parse_args()
+    stores = ("memory", "disk") if args.summary_store == "both" else (args.summary_store,)
     sizes = args.sizes or ((200, 1000) if args.quick else (2000, 20000))
     size = (args.image, args.image)
     load = os.getloadavg()
@@ -248,9 +345,9 @@ def main() -> None:
         flush=True,
     )
     cases = [c for c in CASES if args.only is None or c.name in args.only]
-    results = run(cases, sizes, size, args.batch, args.threads)
+    results = run(cases, sizes, size, args.batch, args.threads, stores)
     print()
-    print(table(cases, results, sizes, size))
+    print(table(cases, results, sizes, size, stores))
     print(f"\ntotal runtime {time.perf_counter() - start:.0f} s (wall)")
 
 

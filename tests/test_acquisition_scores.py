@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -961,3 +962,75 @@ def test_vaal_vae_kl_term_matches_torch_distributions() -> None:
     m, lv = vae.posterior(x)
     assert m.shape == lv.shape == (6, 4)
     torch.testing.assert_close(vae.encode(x), m)  # codes are the posterior means
+
+
+def _mapped(folder: Path) -> int:
+    """How many of this process's memory maps are files in ``folder`` (deleted or not)."""
+    text = Path("/proc/self/maps").read_text()
+    return sum(str(folder) in line for line in text.splitlines())
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc")
+def test_summary_buffer_on_disk_is_an_unnamed_mapped_file(tmp_path) -> None:
+    """``float32_buffer(shape, folder)``: a float32 array mapped onto a file in ``folder``
+    that has no name there and is gone once the last view of the array is; in memory
+    without a folder; a missing folder is an error naming the setting."""
+    import gc
+
+    from mtal.buffers import float32_buffer
+
+    plain = float32_buffer((3, 4))
+    assert type(plain) is np.ndarray and plain.dtype == np.float32
+    buf = float32_buffer((50, 8), str(tmp_path))
+    assert isinstance(buf, np.memmap) and buf.shape == (50, 8) and buf.dtype == np.float32
+    buf[:] = np.arange(400, dtype=np.float32).reshape(50, 8)
+    view = torch.from_numpy(buf)[10:12]  # a tensor view keeps the map alive
+    assert list(tmp_path.iterdir()) == []  # no name on disk
+    del buf
+    gc.collect()
+    assert _mapped(tmp_path) == 1
+    np.testing.assert_array_equal(view.numpy(), np.arange(80, 96).reshape(2, 8))
+    del view
+    gc.collect()
+    assert _mapped(tmp_path) == 0  # the OS has dropped the file with its last view
+    assert float32_buffer((0, 8), str(tmp_path)).shape == (0, 8)
+    with pytest.raises(FileNotFoundError, match="loop.summary_dir"):
+        float32_buffer((2, 2), str(tmp_path / "missing"))
+
+
+def test_scoring_on_disk_gives_the_same_rows_as_in_memory(tmp_path) -> None:
+    """``ctx.summary_dir`` changes where the rows live, not what they are: the plain,
+    lead, repeated-index and empty paths give the same float32 rows as in memory, the
+    mapped buffers sit in that folder while held, and nothing is left there after."""
+    import gc
+
+    n = 12
+    model = TableModel({"a": np.arange(n, dtype=float)})
+    ctx = make_ctx(model, n, ["a"], [])
+
+    def summarise(batch):
+        v = model(batch["image"]).final["a"].mean(dim=(1, 2, 3))
+        return {"v": torch.stack([v, -v], dim=1), "w": v.unsqueeze(1)}
+
+    lead = torch.tensor([[100.0, 101.0], [102.0, 103.0]])
+    calls = [
+        (np.array([5, 2, 9, 0, 7]), None),
+        (np.array([5, 2, 9]), {"v": lead}),
+        (np.array([3, 3]), {"v": lead}),
+        (np.array([], dtype=np.int64), {"v": lead}),
+    ]
+    for idx, lead_rows in calls:
+        ctx.summary_dir = None
+        want = stream_summaries(ctx, idx, summarise, lead=lead_rows)
+        ctx.summary_dir = str(tmp_path)
+        got = stream_summaries(ctx, idx, summarise, lead=lead_rows)
+        assert sorted(got) == sorted(want)
+        for key in want:
+            assert got[key].dtype == torch.float32
+            assert torch.equal(got[key], want[key]), (idx, key)
+        if idx.size:
+            assert _mapped(tmp_path) >= 1  # the rows are in the folder's mapped files
+        del got
+        gc.collect()
+        assert _mapped(tmp_path) == 0
+    assert list(tmp_path.iterdir()) == []

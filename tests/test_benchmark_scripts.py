@@ -22,10 +22,24 @@ def run_script(*args: str) -> str:
 
 
 def test_bench_scale_tiny_pools_print_rows_with_pick_digests() -> None:
-    out = run_script("benchmarks/bench_scale.py", "--sizes", "60", "120", "--only", "coreset")
-    rows = re.findall(r"^\| coreset \| (60|120) \| .* \| ([0-9a-f]{10}) \|$", out, re.M)
-    assert [r[0] for r in rows] == ["60", "120"], out
-    assert "coreset: pool ×2" in out
+    """Both summary stores run; the on-disk store picks the same images (same digest)."""
+    out = run_script(
+        "benchmarks/bench_scale.py",
+        *("--sizes", "60", "120", "--only", "coreset", "--summary-store", "both"),
+    )
+    rows = re.findall(
+        r"^\| coreset \| (memory|disk) \| (60|120) \| .* \| ([0-9a-f]{10}) \|$", out, re.M
+    )
+    assert [r[:2] for r in rows] == [
+        ("memory", "60"),
+        ("memory", "120"),
+        ("disk", "60"),
+        ("disk", "120"),
+    ], out
+    picks = {(store, n): digest for store, n, digest in rows}
+    assert picks["memory", "60"] == picks["disk", "60"]
+    assert picks["memory", "120"] == picks["disk", "120"]
+    assert "coreset [memory]: pool ×2" in out and "coreset [disk]: pool ×2" in out
 
 
 def test_bench_search_tiny_problem_picks_identical_to_the_reference() -> None:

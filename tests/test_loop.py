@@ -162,6 +162,31 @@ def test_same_seed_same_run(mtal_run: Path, tmp_path: Path) -> None:
         assert (again / name).read_bytes() == (mtal_run / name).read_bytes(), name
 
 
+def test_disk_summary_store_buys_the_same_labels(mtal_run: Path, tmp_path: Path) -> None:
+    """``loop.summary_store: disk`` (summaries memory-mapped on unnamed files in the run
+    folder) runs the same selections: pools, requests and weights byte-identical to the
+    in-memory run, and no file of the store is left in the run folder."""
+    runs = tmp_path / "runs"
+    run_cli([*loop_args(runs, "mtal", MTAL_FAST), "--loop.summary_store", "disk"])
+    again = runs / "synthetic" / "mtal" / "seed0"
+    names = [f"pool/cycle_{c:03d}.json" for c in range(CYCLES)]
+    names += [f"selections/cycle_{c:03d}.csv" for c in range(1, CYCLES)]
+    names += [f"cycle_{c:03d}/weights.pt" for c in range(CYCLES)]
+    for name in names:
+        assert (again / name).read_bytes() == (mtal_run / name).read_bytes(), name
+    assert sorted(p.name for p in again.iterdir()) == sorted(p.name for p in mtal_run.iterdir())
+    # the store is not part of the run's identity: a rerun may switch it back
+    run_cli([*loop_args(runs, "mtal", MTAL_FAST), "--loop.summary_store", "memory"])
+    with pytest.raises(ValueError, match="only read with loop.summary_store: disk"):
+        run_cli([*loop_args(runs, "mtal", MTAL_FAST), "--loop.summary_dir", str(tmp_path)])
+    missing = tmp_path / "no_such_folder"
+    with pytest.raises(ValueError, match="not an existing folder"):
+        run_cli(
+            [*loop_args(runs, "mtal", MTAL_FAST), "--loop.summary_store", "disk"]
+            + ["--loop.summary_dir", str(missing)]
+        )
+
+
 def test_acquire_repeats_the_loop_and_writes_a_valid_pool(mtal_run: Path, tmp_path: Path) -> None:
     pool_file = mtal_run / "pool" / "cycle_001.json"
     pool_bytes = pool_file.read_bytes()
@@ -184,6 +209,17 @@ def test_acquire_repeats_the_loop_and_writes_a_valid_pool(mtal_run: Path, tmp_pa
         int(r["image_index"]) for r in rows
     )
     assert set(after.cycle[new].tolist()) == {2}
+    # the same request with the summaries memory-mapped in a folder of ours
+    store = tmp_path / "store"
+    store.mkdir()
+    out_disk = tmp_path / "request_disk.csv"
+    disk_args = [a if a != str(out) else str(out_disk) for a in args if a != "--pool_out"]
+    disk_args = [a for a in disk_args if a != str(pool_out)] + ["--summary_dir", str(store)]
+    run_cli(disk_args)
+    assert out_disk.read_bytes() == out.read_bytes()
+    assert list(store.iterdir()) == []  # unnamed files: nothing left behind
+    with pytest.raises(FileNotFoundError, match="--summary_dir .* is not an existing folder"):
+        run_cli([*disk_args[:-1], str(tmp_path / "missing")])
 
 
 def test_pair_strategy_loop(tmp_path: Path) -> None:

@@ -306,3 +306,32 @@ def test_k_center_hint_proves_only_what_float64_agrees_with(state_cls: str) -> N
     assert exact.score(a, 3) == 1.0  # the float64 re-score finds c1
     plain = search._ExactScores(x, centres32)
     assert [plain.score(i, 3) for i in (a, f)] == [1.0, 25.0]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_k_center_with_mapped_centre_copies_picks_the_same(
+    backend: str, tmp_path, monkeypatch
+) -> None:
+    """``scratch_dir``: the centre copies (GEMM init, near-tie re-scoring) live on
+    unnamed mapped files there; the picks are the float64 reference's, with and without
+    labelled points, and nothing is left in the folder."""
+    mapped: list[tuple[int, ...]] = []
+    real = search.float32_buffer
+
+    def spy(shape: tuple[int, ...], folder: str | None = None) -> np.ndarray:
+        buf = real(shape, folder)
+        if isinstance(buf, np.memmap):
+            mapped.append(tuple(shape))
+        return buf
+
+    monkeypatch.setattr(search, "float32_buffer", spy)
+    for x, mask in (random_case(3), tie_case(2)):
+        want = ref_k_center(x, mask, 20, 0)
+        got = search.k_center_greedy(x, mask, 20, backend=backend, scratch_dir=str(tmp_path))
+        assert got.tolist() == want
+        none = np.zeros(len(x), dtype=bool)
+        got = search.k_center_greedy(x, none, 5, backend=backend, scratch_dir=str(tmp_path))
+        assert got.tolist() == ref_k_center(x, none, 5, 0)
+    assert list(tmp_path.iterdir()) == []
+    # centres32 (labelled + budget rows) for every call, the GEMM's L×d copy with labels
+    assert (25 + 20, 16) in mapped and (25, 16) in mapped and (0 + 5, 4) in mapped

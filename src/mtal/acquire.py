@@ -44,6 +44,7 @@ def acquire_once(
     task_costs: dict[str, float] | None = None,
     cost_ranking: str = "ratio",
     export_format: str = "csv",
+    summary_dir: Path | None = None,
 ) -> Path:
     """Score the pool with ``strategy`` and write the request CSV to ``out``.
 
@@ -58,7 +59,8 @@ def acquire_once(
     ``mtal label import --run <out folder> --request <id>``, which writes
     ``requests/<id>.pool.json``); ``export_format="labelstudio"`` adds the Label Studio
     tasks and configs (:mod:`mtal.labelling.export`). ``budget_unit="cost"`` prices
-    labels with ``task_costs`` (:mod:`mtal.acquisition.costs`).
+    labels with ``task_costs`` (:mod:`mtal.acquisition.costs`). ``summary_dir`` keeps the
+    scoring summaries in memory-mapped unnamed files there (``loop.summary_store: disk``).
     """
     from mtal.acquisition import create_strategy
     from mtal.acquisition.base import AcquisitionContext
@@ -66,6 +68,11 @@ def acquire_once(
     from mtal.diagnostics import module_task_weights
 
     check_outputs(pool, out, pool_out)
+    if summary_dir is not None and not Path(summary_dir).is_dir():
+        raise FileNotFoundError(
+            f"acquire: --summary_dir {summary_dir} is not an existing folder; create it (on a "
+            "disk, not a RAM-backed tmpfs) or drop the option to score in memory"
+        )
     chooser = create_strategy(strategy, clamp_budget=clamp_budget, **strategy_kwargs)
     label_pool = LabelPool.load(pool)
     datamodule.attach_pool(label_pool)
@@ -113,6 +120,7 @@ def acquire_once(
         state={},
         cost=cost,
         task_weights=module_task_weights(module),
+        summary_dir=None if summary_dir is None else str(summary_dir),
     )
     selection = chooser.select(ctx, labels)
     net.to("cpu")

@@ -61,11 +61,13 @@ class ActiveTrainer(Trainer):
         task_costs: dict[str, float] | None = None,
         cost_ranking: Literal["ratio", "score"] = "ratio",
         format: Literal["csv", "labelstudio"] = "csv",
+        summary_dir: str | None = None,
     ) -> None:
         """Make one selection from a weights file and a pool state; write a CSV for the
         labelling team (image id and path, requested tasks, per-task scores), a request
         manifest for ``mtal label import`` and, with ``--format labelstudio``, Label
-        Studio tasks; ``--budget_unit cost`` prices labels by ``--task_costs``."""
+        Studio tasks; ``--budget_unit cost`` prices labels by ``--task_costs``;
+        ``--summary_dir`` keeps the scoring summaries memory-mapped in that folder."""
         from mtal.acquire import acquire_once
 
         acquire_once(
@@ -85,6 +87,7 @@ class ActiveTrainer(Trainer):
             task_costs=task_costs,
             cost_ranking=cost_ranking,
             export_format=format,
+            summary_dir=None if summary_dir is None else Path(summary_dir),
         )
 
     def diagnose(

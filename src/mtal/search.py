@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from mtal.buffers import float32_buffer
 from mtal.registry import Registry
 
 if TYPE_CHECKING:
@@ -160,8 +161,10 @@ class _RunningMin(Protocol):
     def update(self, j: int) -> None:
         """min-in-place with the squared distances of all points to point ``j``."""
 
-    def init(self, centres: np.ndarray) -> None:
-        """min-in-place with the distances to every point of ``centres`` (labelled set)."""
+    def init(self, centres: np.ndarray, folder: str | None = None) -> None:
+        """min-in-place with the distances to every point of ``centres`` (labelled set);
+        ``folder``: where a CPU GEMM's centred copy of the centre rows is mapped (None:
+        memory)."""
 
     def exclude(self, idx: np.ndarray) -> None:
         """Mark points as centres: they can never be picked again."""
@@ -226,9 +229,11 @@ class _TorchRunningMin:
             centre.copy_(torch.where(closer, arg, centre))
         torch.minimum(rmin, value, out=rmin)
 
-    def init(self, centres: np.ndarray) -> None:
+    def init(self, centres: np.ndarray, folder: str | None = None) -> None:
         if not self.x.is_cuda and len(centres):  # CPU: one float32 GEMM, then exact refinement
-            value, arg, others = _gemm_running_min(self.x.numpy(), centres, with_hint=True)
+            value, arg, others = _gemm_running_min(
+                self.x.numpy(), centres, with_hint=True, folder=folder
+            )
             t = self._torch.from_numpy
             self._merge(slice(None), t(value), t(arg), t(others))
             return
@@ -305,9 +310,9 @@ class _FaissRunningMin:
             np.putmask(self.arg, self.closer, arg)
         np.minimum(self.rmin, value, out=self.rmin)
 
-    def init(self, centres: np.ndarray) -> None:
+    def init(self, centres: np.ndarray, folder: str | None = None) -> None:
         if self.res is None and len(centres):  # CPU: one float32 GEMM, then exact refinement
-            value, arg, others = _gemm_running_min(self.x, centres, with_hint=True)
+            value, arg, others = _gemm_running_min(self.x, centres, with_hint=True, folder=folder)
             self._merge(value, arg, others)
             return
         for c in centres:
@@ -341,7 +346,9 @@ def _direct_sq(faiss: Any, q: np.ndarray, keys: np.ndarray, out: np.ndarray) -> 
     return buf
 
 
-def _gemm_running_min(x: np.ndarray, centres: np.ndarray, *, with_hint: bool = False) -> Any:
+def _gemm_running_min(
+    x: np.ndarray, centres: np.ndarray, *, with_hint: bool = False, folder: str | None = None
+) -> Any:
     """float32 min squared distance of every point to the rows ``centres`` of ``x``, with
     the relative error of the exact-difference form (≤ (d+2)·u), at GEMM speed.
 
@@ -354,11 +361,15 @@ def _gemm_running_min(x: np.ndarray, centres: np.ndarray, *, with_hint: bool = F
     ``with_hint`` returns ``(min, nearest, others)`` instead: per point also the point index
     of its nearest centre and a float32 v with exact ≥ v·(1 − rtol) for every other centre
     ((second GEMM value − a_i), rounded down; −inf where several centres were near).
+    ``folder``: the centred copy of the centre rows is mapped on an unnamed file there.
     """
     faiss = _faiss()
     dim = x.shape[1]
     mu = x.mean(axis=0, dtype=np.float64).astype(np.float32)
-    cc = x[centres]  # the one L×d copy: centred in place, rows gathered from x below
+    # the one L×d copy (in memory, or mapped in ``folder``): centred in place, rows
+    # gathered from x below
+    cc = float32_buffer((len(centres), dim), folder)
+    np.take(x, centres, axis=0, out=cc)
     cc -= mu
     nc = np.einsum("ij,ij->i", cc, cc, dtype=np.float64)
     ncmax = float(nc.max())
@@ -489,8 +500,9 @@ SEARCH_BACKENDS: Registry[SearchBackend] = Registry("search backend")
 
 @SEARCH_BACKENDS.register("faiss")
 class FaissBackend:
-    """Exact faiss search: ``IndexFlatL2`` (moved to GPU 0 when faiss sees a GPU, unless
-    ``device='cpu'``)."""
+    """Exact faiss search: ``faiss.knn`` on the CPU (the flat index's own brute-force
+    kernel, without copying the keys into an index); a GPU ``IndexFlatL2`` when faiss
+    sees a GPU, unless ``device='cpu'``."""
 
     def __init__(self, device: str = "auto") -> None:
         self.device = device
@@ -502,10 +514,11 @@ class FaissBackend:
 
     def nearest_sq(self, queries: np.ndarray, keys: np.ndarray) -> np.ndarray:
         faiss = _faiss()
-        index = faiss.IndexFlatL2(keys.shape[1])
         res = _faiss_gpu_resources(faiss, self.device)
-        if res is not None:
-            index = faiss.index_cpu_to_gpu(res, 0, index)
+        if res is None:  # CPU: the brute-force kernel reads ``keys`` in place (no index copy)
+            dist, _ = faiss.knn(queries, keys, 1)
+            return np.maximum(dist[:, 0], 0.0)
+        index = faiss.index_cpu_to_gpu(res, 0, faiss.IndexFlatL2(keys.shape[1]))
         index.add(keys)
         dist, _ = index.search(queries, 1)
         return np.maximum(dist[:, 0], 0.0)
@@ -587,7 +600,7 @@ def nearest_distance(
     """Euclidean (not squared) float32 distance ``[N]`` of each query to its nearest key.
 
     ``keys`` with M = 0 rows gives ``+inf`` for every query (nothing is near). Both
-    backends are exact searches in float32 (faiss ``IndexFlatL2`` / torch ``cdist``;
+    backends are exact searches in float32 (faiss ``knn`` / torch ``cdist``;
     both use the norm expansion, so tiny distances carry ~sqrt(d·u)·‖x‖ absolute error).
     'auto': faiss on CPU hosts (measured faster, benchmarks/README.md) and when faiss
     sees a GPU; torch when only torch sees a GPU. ``device='cpu'`` keeps the search on
@@ -616,6 +629,7 @@ def k_center_greedy(
     backend: str = "auto",
     seed: int = 0,
     device: str = "auto",
+    scratch_dir: str | None = None,
 ) -> np.ndarray:
     """Sener & Savarese k-center greedy: ``budget`` indices, each the unlabelled point
     farthest from its nearest centre (labelled points + earlier picks), in pick order.
@@ -630,6 +644,8 @@ def k_center_greedy(
     centre is ``np.random.default_rng(seed).integers(N)`` (``seed`` is unused otherwise).
     'auto': faiss on CPU (measured faster), torch when CUDA is available; ``device``
     as in :func:`nearest_distance`. The labelled set's initial minimum is one GEMM on CPU.
+    ``scratch_dir``: the copies of the centre rows (L + budget rows) are memory-mapped on
+    unnamed files there instead of held in memory (``loop.summary_store: disk``).
     """
     x = _to_numpy32(features, "features")
     if hasattr(labelled_mask, "detach"):
@@ -656,7 +672,7 @@ def k_center_greedy(
     centres = np.flatnonzero(mask)
     # contiguous float32 copies of the centre rows, grown as picks are made (near-tie
     # re-scoring casts the few rows it needs to float64)
-    centres32 = np.empty((len(centres) + budget, x.shape[1]), dtype=np.float32)
+    centres32 = float32_buffer((len(centres) + budget, x.shape[1]), scratch_dir)
     centres32[: len(centres)] = x[centres]
     count = len(centres)
     picks: list[int] = []
@@ -673,7 +689,7 @@ def k_center_greedy(
     if count == 0:
         take(int(np.random.default_rng(seed).integers(n)))
     else:
-        state.init(centres)
+        state.init(centres, scratch_dir)
         state.exclude(centres)
     while len(picks) < budget:
         _, cand = state.candidates()

@@ -53,6 +53,9 @@ class AcquisitionContext:
     cost: CostBudget | None = None
     #: the config's task weights w_k (LL4AL's Σ_k w_k l̂_k); None = 1 for every task
     task_weights: Mapping[str, float] | None = None
+    #: where scoring passes keep the per-image summary rows: None = in memory; a folder =
+    #: memory-mapped unnamed files there (``loop.summary_store: disk``; same numbers)
+    summary_dir: str | None = None
 
     @property
     def task_names(self) -> list[str]:

@@ -100,7 +100,14 @@ class CoreSet(Strategy):
         mask = np.zeros(len(features), dtype=bool)
         mask[: len(lab)] = True
         picked = np.asarray(
-            k_center_greedy(features, mask, count, seed=int(rng.integers(2**31))), dtype=np.int64
+            k_center_greedy(
+                features,
+                mask,
+                count,
+                seed=int(rng.integers(2**31)),
+                scratch_dir=ctx.summary_dir,
+            ),
+            dtype=np.int64,
         )
         if picked.size != count or (picked < len(lab)).any() or len(set(picked.tolist())) != count:
             raise RuntimeError(

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtal.buffers import float32_buffer
+
 
 def pooled_task_features(
     task_features: Mapping[str, torch.Tensor], names: Sequence[str], grid: int
@@ -219,11 +221,16 @@ def train_autoencoder(
 
 @torch.no_grad()
 def encode_all(
-    ae: FeatureAutoEncoder, features: torch.Tensor, batch_size: int, device: torch.device | str
+    ae: FeatureAutoEncoder,
+    features: torch.Tensor,
+    batch_size: int,
+    device: torch.device | str,
+    folder: str | None = None,
 ) -> torch.Tensor:
     """Codes ``[N, code_dim]`` (CPU) of ``[N, C, g, g]`` features, in batches, written
-    into one preallocated tensor (no per-batch list and concatenation copy)."""
-    out = torch.zeros(len(features), ae.code_dim)
+    into one preallocated tensor (no per-batch list and concatenation copy), in memory
+    or memory-mapped in ``folder`` (:func:`mtal.buffers.float32_buffer`)."""
+    out = torch.from_numpy(float32_buffer((len(features), ae.code_dim), folder))
     for start in range(0, len(features), batch_size):
         chunk = features[start : start + batch_size]
         out[start : start + len(chunk)] = ae.encode(chunk.to(device)).cpu()

@@ -33,9 +33,9 @@ DiversityFn = Callable[
     ["MTALStrategy", AcquisitionContext, torch.Tensor, int, list[int], int], np.ndarray
 ]
 
-#: queries per block of the streamed encode + nearest-code search: faiss's own query block
-#: (``distance_compute_blas_query_bs``), so codes of at most this many candidates exist at once
-QUERY_BLOCK = 4096
+#: queries per block of the streamed encode + nearest-code search: codes of at most this
+#: many candidates, and faiss's distance block for them (≤ 1024 × 1024 floats), exist at once
+QUERY_BLOCK = 1024
 
 
 def accepts_refine(model: torch.nn.Module) -> bool:
@@ -72,10 +72,12 @@ def _code_distance(
     n_lab: int,
     cfg: DiversityConfig,
     device: torch.device | str,
+    folder: str | None = None,
 ) -> np.ndarray:
     """Eq. 3: ``min_{l∈L} ‖z(x) − z(l)‖₂`` for every unlabelled row of ``feats``; the
-    candidates' codes are encoded and searched one :data:`QUERY_BLOCK` at a time."""
-    z_lab = encode_all(ae, feats[:n_lab], cfg.batch_size, device)
+    candidates' codes are encoded and searched one :data:`QUERY_BLOCK` at a time, the
+    labelled codes kept in memory or memory-mapped in ``folder``."""
+    z_lab = encode_all(ae, feats[:n_lab], cfg.batch_size, device, folder)
     return _blockwise(
         feats[n_lab:], lambda rows: _nearest(encode_all(ae, rows, cfg.batch_size, device), z_lab)
     )
@@ -101,7 +103,7 @@ def ae_distance(
     cfg = strat.diversity_config
     ae, _, hist = train_autoencoder(feats, cfg, seed, ctx.device)
     strat.last_diagnostics["ae_loss"] = hist
-    return _code_distance(ae, feats, n_lab, cfg, ctx.device)
+    return _code_distance(ae, feats, n_lab, cfg, ctx.device, ctx.summary_dir)
 
 
 def maxst_distance(
@@ -171,7 +173,7 @@ def ae_disc_score(
     ae, disc, hist = train_autoencoder(feats, cfg, seed, ctx.device, is_labelled=is_lab)
     assert disc is not None
     strat.last_diagnostics["ae_loss"] = hist
-    return _code_distance(ae, feats, n_lab, cfg, ctx.device)
+    return _code_distance(ae, feats, n_lab, cfg, ctx.device, ctx.summary_dir)
 
 
 # --------------------------------------------------------------------------- sample weights

@@ -17,6 +17,7 @@ import torch
 
 from mtal import distributed
 from mtal.acquisition.base import AcquisitionContext
+from mtal.buffers import float32_buffer
 from mtal.progress import bar
 
 #: a summary larger than this many values per sample is refused (it would make the
@@ -90,7 +91,9 @@ def stream_summaries(
     (:func:`mtal.distributed.sharded_summaries`). ``lead`` maps a summary name to rows
     that come *before* the streamed rows of that name in the same buffer: a caller that
     needs ``[lead; streamed]`` (MTAL's labelled + unlabelled features) gets it without a
-    second copy of the pool's rows (issue 16.6).
+    second copy of the pool's rows (issue 16.6). With ``ctx.summary_dir`` set the buffers
+    are memory-mapped unnamed files in that folder (:func:`summary_buffer`): the same
+    numbers, but the pool's rows live in the page cache, not in the process's own memory.
     """
     indices = np.asarray(indices, dtype=np.int64)
     lead = dict(lead or {})
@@ -106,7 +109,7 @@ def stream_summaries(
             seed=seed,
             sharded=sharded,
         )
-        return _prepend(lead, got)
+        return _prepend(lead, got, ctx.summary_dir)
     if indices.size == 0:
         return {}
     # -- DDP: shard the pass across ranks, gather the summaries (issue 16 part 3) --
@@ -131,7 +134,7 @@ def stream_summaries(
         )
         at = {int(i): r for r, i in enumerate(unique)}
         take = torch.as_tensor([at[int(i)] for i in indices], dtype=torch.int64)
-        return _prepend(lead, {key: value[take] for key, value in once.items()})
+        return _prepend(lead, {key: value[take] for key, value in once.items()}, ctx.summary_dir)
     # one preallocated float32 buffer per summary, rows written where the index belongs:
     # peak memory is one copy of the summaries (no per-batch list, concatenation and
     # reorder copies); numpy buffers, so the result is a plain tensor (trainable)
@@ -168,7 +171,9 @@ def stream_summaries(
                         "batch so memory does not grow with the pool's pixels"
                     )
                 if key not in buffers:
-                    buffers[key] = _allocate(key, lead.get(key), len(indices), value.shape[1:])
+                    buffers[key] = _allocate(
+                        key, lead.get(key), len(indices), value.shape[1:], ctx.summary_dir
+                    )
                 at = rows + (len(lead[key]) if key in lead else 0)
                 buffers[key][at] = value.detach().to("cpu", torch.float32).numpy()
     if not filled.all():
@@ -188,30 +193,41 @@ def stream_summaries(
 
 
 def _allocate(
-    key: str, lead: torch.Tensor | None, rows: int, shape: tuple[int, ...] | torch.Size
+    key: str,
+    lead: torch.Tensor | None,
+    rows: int,
+    shape: tuple[int, ...] | torch.Size,
+    folder: str | None = None,
 ) -> np.ndarray:
     """One float32 buffer for ``rows`` streamed rows of ``shape``, with ``lead``'s rows
-    already written in front of them."""
+    already written in front of them (in memory, or mapped in ``folder``)."""
     if lead is None:
-        return np.empty((rows, *shape), dtype=np.float32)
+        return float32_buffer((rows, *shape), folder)
     if tuple(lead.shape[1:]) != tuple(shape):
         raise ValueError(
             f"stream_summaries: lead rows of {key!r} have shape {tuple(lead.shape[1:])} but "
             f"the pass returns {tuple(shape)} per sample; both must come from the same model"
         )
-    buf = np.empty((len(lead) + rows, *shape), dtype=np.float32)
+    buf = float32_buffer((len(lead) + rows, *shape), folder)
     buf[: len(lead)] = lead.detach().to("cpu", torch.float32).numpy()
     return buf
 
 
 def _prepend(
-    lead: Mapping[str, torch.Tensor], got: dict[str, torch.Tensor]
+    lead: Mapping[str, torch.Tensor], got: dict[str, torch.Tensor], folder: str | None = None
 ) -> dict[str, torch.Tensor]:
-    """``got`` with ``lead``'s rows concatenated in front of the summaries they name."""
+    """``got`` with ``lead``'s rows written in front of the summaries they name (one new
+    buffer each, in memory or mapped in ``folder``)."""
     out = dict(got)
     for key, rows in lead.items():
         rows = rows.detach().to("cpu", torch.float32)
-        out[key] = torch.cat([rows, got[key]]) if key in got else rows
+        if key not in got:
+            out[key] = rows
+            continue
+        tail = got[key].detach().to("cpu", torch.float32)
+        buf = _allocate(key, rows, len(tail), tuple(tail.shape[1:]), folder)
+        buf[len(rows) :] = tail.numpy()
+        out[key] = torch.from_numpy(buf)
     return out
 
 

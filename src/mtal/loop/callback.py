@@ -80,6 +80,7 @@ class ActiveLoop(Callback):
         clamp_budget: bool = False,
         max_acquisitions: int | None = None,
         task_costs: Mapping[str, float] | None = None,
+        summary_dir: str | None = None,
     ) -> None:
         if every_n_epochs is not None and int(every_n_epochs) < 1:
             raise ValueError(
@@ -111,6 +112,8 @@ class ActiveLoop(Callback):
         self.every_n_epochs = None if every_n_epochs is None else int(every_n_epochs)
         self.seed = int(seed)
         self.max_acquisitions = max_acquisitions
+        #: scoring summaries as memory-mapped files in this folder (None: in memory)
+        self.summary_dir = None if summary_dir is None else str(summary_dir)
         #: the strategy's cross-cycle state (JSON-serialisable), kept for the callback's life
         self.state: dict[str, Any] = {}
         self.history: list[Acquisition] = []
@@ -168,6 +171,7 @@ class ActiveLoop(Callback):
             state=self.state if state is None else state,
             cost=cost_budget(self._settings(), pool.tasks) if cost is None else cost,
             task_weights=module_task_weights(module),
+            summary_dir=self.summary_dir,
         )
         self.last_context = ctx  # ``mtal loop`` computes diagnostics on it
         return self.strategy.select(ctx, self.budget_labels(pool) if budget is None else budget)

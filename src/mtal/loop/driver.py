@@ -384,6 +384,13 @@ class ActiveLearningLoop:
         self._write_state(state)
         return metrics
 
+    def summary_dir(self) -> str | None:
+        """Folder of the scoring summaries' mapped files (``loop.summary_store: disk``:
+        ``loop.summary_dir``, else the run folder), or None to keep them in memory."""
+        if self.settings.summary_store != "disk":
+            return None
+        return str(self.settings.summary_dir or self.run_dir)
+
     def _acquire(
         self,
         cycle: int,
@@ -402,7 +409,9 @@ class ActiveLearningLoop:
         net = getattr(self.module, "net", self.module)
         device = distributed.local_device()
         net.to(device)
-        acquirer = ActiveLoop(self.strategy, seed=self.settings.seed)
+        acquirer = ActiveLoop(
+            self.strategy, seed=self.settings.seed, summary_dir=self.summary_dir()
+        )
         state["seeds"][f"select_cycle_{cycle}"] = acquirer.select_seed(cycle)
         selection = acquirer.select(
             self.module,

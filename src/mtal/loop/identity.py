@@ -40,6 +40,8 @@ NOT_IDENTITY: tuple[str, ...] = (
     "loop.description",
     "loop.allow_config_change",
     "loop.check_data_up_to",
+    "loop.summary_store",
+    "loop.summary_dir",
     "trainer.enable_progress_bar",
     "trainer.enable_model_summary",
     "trainer.log_every_n_steps",

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from mtal.data.pool import LabelPool
 
 BUDGET_UNITS = ("images", "labels", "cost")
+#: ``loop.summary_store``: per-image scoring summaries in memory or memory-mapped on disk
+SUMMARY_STORES = ("memory", "disk")
 
 
 @dataclass
@@ -76,6 +78,12 @@ class LoopSettings:
     diagnostics_max_images: int | None = None
     #: train every cycle to a plateau of ``monitor`` (see :mod:`mtal.loop.stopping`)
     early_stopping: EarlyStopSettings = field(default_factory=EarlyStopSettings)
+    #: where scoring keeps the per-image summary rows: "memory", or "disk" (memory-mapped
+    #: unnamed files in ``summary_dir``, default the run folder): same picks, and a pool's
+    #: summaries need not fit in memory (issue 16.6)
+    summary_store: Literal["memory", "disk"] = "memory"
+    #: folder of the "disk" store's files (an existing folder on a disk, not a tmpfs)
+    summary_dir: str | None = None
 
 
 def validate_settings(settings: LoopSettings) -> None:
@@ -123,6 +131,20 @@ def validate_settings(settings: LoopSettings) -> None:
         (
             bool(settings.experiment) and "/" not in settings.experiment,
             f"loop.experiment={settings.experiment!r}: use a non-empty name without '/'",
+        ),
+        (
+            settings.summary_store in SUMMARY_STORES,
+            f"loop.summary_store={settings.summary_store!r}: choose one of {list(SUMMARY_STORES)}",
+        ),
+        (
+            settings.summary_dir is None or settings.summary_store == "disk",
+            f"loop.summary_dir={settings.summary_dir!r} is only read with loop.summary_store: "
+            "disk; set that too, or drop loop.summary_dir",
+        ),
+        (
+            settings.summary_dir is None or Path(settings.summary_dir).is_dir(),
+            f"loop.summary_dir={settings.summary_dir!r} is not an existing folder; create it "
+            "(on a disk, not a RAM-backed tmpfs) or leave it unset to use the run folder",
         ),
     ]
     for ok, message in checks:
