@@ -873,10 +873,9 @@ def test_scoring_rows_follow_indices_whatever_order_the_loader_yields() -> None:
         stream_summaries(ctx, idx, summarise)
 
 
-def test_scoring_lead_rows_sit_in_front_of_the_streamed_rows() -> None:
-    """``lead`` rows come first in the same buffer, the streamed rows behind them in
-    ``indices`` order (also for repeated and empty indices); a lead of the wrong shape or
-    for a summary the pass does not produce is an error naming it."""
+def _two_summaries():
+    """A 12-image context whose images score ``i``, and a pass summarising each image as
+    ``v = [i, −i]`` and ``w = [i]``."""
     n = 12
     model = TableModel({"a": np.arange(n, dtype=float)})
     ctx = make_ctx(model, n, ["a"], [])
@@ -884,6 +883,15 @@ def test_scoring_lead_rows_sit_in_front_of_the_streamed_rows() -> None:
     def summarise(batch):
         v = model(batch["image"]).final["a"].mean(dim=(1, 2, 3))
         return {"v": torch.stack([v, -v], dim=1), "w": v.unsqueeze(1)}
+
+    return ctx, summarise
+
+
+def test_scoring_lead_rows_sit_in_front_of_the_streamed_rows() -> None:
+    """``lead`` rows come first in the same buffer, the streamed rows behind them in
+    ``indices`` order (also for repeated and empty indices); a lead of the wrong shape or
+    for a summary the pass does not produce is an error naming it."""
+    ctx, summarise = _two_summaries()
 
     lead = torch.tensor([[100.0, 101.0], [102.0, 103.0]], dtype=torch.float64)
     got = stream_summaries(ctx, np.array([5, 2, 9]), summarise, lead={"v": lead})
@@ -1004,13 +1012,7 @@ def test_scoring_on_disk_gives_the_same_rows_as_in_memory(tmp_path) -> None:
     mapped buffers sit in that folder while held, and nothing is left there after."""
     import gc
 
-    n = 12
-    model = TableModel({"a": np.arange(n, dtype=float)})
-    ctx = make_ctx(model, n, ["a"], [])
-
-    def summarise(batch):
-        v = model(batch["image"]).final["a"].mean(dim=(1, 2, 3))
-        return {"v": torch.stack([v, -v], dim=1), "w": v.unsqueeze(1)}
+    ctx, summarise = _two_summaries()
 
     lead = torch.tensor([[100.0, 101.0], [102.0, 103.0]])
     calls = [
