@@ -92,11 +92,13 @@ def stream_summaries(
     that come *before* the streamed rows of that name in the same buffer: a caller that
     needs ``[lead; streamed]`` (MTAL's labelled + unlabelled features) gets it without a
     second copy of the pool's rows (issue 16.6). With ``ctx.summary_dir`` set the buffers
-    are memory-mapped unnamed files in that folder (:func:`summary_buffer`): the same
-    numbers, but the pool's rows live in the page cache, not in the process's own memory.
+    are memory-mapped unnamed files in that folder (:func:`mtal.buffers.float32_buffer`):
+    the same numbers, but the pool's rows live in the page cache, not in the process's
+    own memory.
     """
     indices = np.asarray(indices, dtype=np.int64)
     lead = dict(lead or {})
+    folder = ctx.summary_dir
     if lead and (indices.size == 0 or (sharded and distributed.world_size() > 1)):
         # no single buffer to share: stream, then prepend (the streamed rows are one shard
         # gathered from every rank, or nothing)
@@ -109,7 +111,7 @@ def stream_summaries(
             seed=seed,
             sharded=sharded,
         )
-        return _prepend(lead, got, ctx.summary_dir)
+        return _prepend(lead, got, folder)
     if indices.size == 0:
         return {}
     # -- DDP: shard the pass across ranks, gather the summaries (issue 16 part 3) --
@@ -134,7 +136,7 @@ def stream_summaries(
         )
         at = {int(i): r for r, i in enumerate(unique)}
         take = torch.as_tensor([at[int(i)] for i in indices], dtype=torch.int64)
-        return _prepend(lead, {key: value[take] for key, value in once.items()}, ctx.summary_dir)
+        return _prepend(lead, {key: value[take] for key, value in once.items()}, folder)
     # one preallocated float32 buffer per summary, rows written where the index belongs:
     # peak memory is one copy of the summaries (no per-batch list, concatenation and
     # reorder copies); numpy buffers, so the result is a plain tensor (trainable)
@@ -172,7 +174,7 @@ def stream_summaries(
                     )
                 if key not in buffers:
                     buffers[key] = _allocate(
-                        key, lead.get(key), len(indices), value.shape[1:], ctx.summary_dir
+                        key, lead.get(key), len(indices), value.shape[1:], folder
                     )
                 at = rows + (len(lead[key]) if key in lead else 0)
                 buffers[key][at] = value.detach().to("cpu", torch.float32).numpy()

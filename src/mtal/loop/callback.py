@@ -171,7 +171,9 @@ class ActiveLoop(Callback):
             state=self.state if state is None else state,
             cost=cost_budget(self._settings(), pool.tasks) if cost is None else cost,
             task_weights=module_task_weights(module),
-            summary_dir=self.summary_dir,
+            # under DDP only rank 0 maps its buffers: the folder (the run folder by
+            # default) is rank 0's and may not exist on another node
+            summary_dir=self.summary_dir if distributed.is_rank_zero() else None,
         )
         self.last_context = ctx  # ``mtal loop`` computes diagnostics on it
         return self.strategy.select(ctx, self.budget_labels(pool) if budget is None else budget)
