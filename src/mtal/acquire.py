@@ -68,11 +68,10 @@ def acquire_once(
     from mtal.diagnostics import module_task_weights
 
     check_outputs(pool, out, pool_out)
-    if summary_dir is not None and not Path(summary_dir).is_dir():
-        raise FileNotFoundError(
-            f"acquire: --summary_dir {summary_dir} is not an existing folder; create it (on a "
-            "disk, not a RAM-backed tmpfs) or drop the option to score in memory"
-        )
+    if summary_dir is not None:  # before any scoring: a bad folder leaves nothing behind
+        from mtal.buffers import require_folder
+
+        require_folder(summary_dir, "acquire: --summary_dir")
     chooser = create_strategy(strategy, clamp_budget=clamp_budget, **strategy_kwargs)
     label_pool = LabelPool.load(pool)
     datamodule.attach_pool(label_pool)
